@@ -1,0 +1,457 @@
+//! The policy's input document, built directly as a regorus [`Value`]
+//! (no JSON text in between).
+//!
+//! The document is a strict superset of what OPA's Envoy plugin hands its
+//! policies: `attributes` in the protobuf JSON mapping (lowerCamelCase keys,
+//! 64-bit integers as strings, timestamps in RFC 3339, bytes in base64, empty
+//! fields left out), `parsed_path`, `parsed_query`, `parsed_body`,
+//! `truncated_body` and `version`. Arbiter adds `body_error` when a body of
+//! a supported type does not parse.
+
+use std::collections::{BTreeMap, HashMap};
+
+use base64::Engine as _;
+use regorus::Value;
+
+use crate::context::{ParsedBody, RequestContext, query_to_value};
+use crate::proto::auth::AttributeContext;
+use crate::proto::auth::attribute_context::{HttpRequest, Peer, Request, TlsSession};
+use crate::proto::core::{Address, HeaderMap, Metadata, address, socket_address};
+
+/// Builds the input document for one request.
+pub fn build(ctx: &RequestContext) -> Value {
+    let mut doc = Obj::new();
+    doc.insert("attributes", attributes(&ctx.attributes));
+    let segments: Vec<Value> = ctx
+        .path
+        .segments
+        .iter()
+        .map(|s| Value::from(s.as_str()))
+        .collect();
+    doc.insert("parsed_path", Value::from(segments));
+    doc.insert("parsed_query", query_to_value(&ctx.query));
+    let (parsed, truncated) = match &ctx.body {
+        ParsedBody::Parsed(value) => (value.clone(), false),
+        ParsedBody::Truncated => (Value::Null, true),
+        ParsedBody::None => (Value::Null, false),
+        ParsedBody::Invalid(reason) => {
+            doc.insert("body_error", Value::from(reason.as_str()));
+            (Value::Null, false)
+        }
+    };
+    doc.insert("parsed_body", parsed);
+    doc.insert("truncated_body", Value::from(truncated));
+    let mut version = Obj::new();
+    version.insert("ext_authz", Value::from("v3"));
+    version.insert("encoding", Value::from("protojson"));
+    doc.insert("version", version.into_value());
+    doc.into_value()
+}
+
+/// `attributes`: the AttributeContext in the protobuf JSON mapping.
+pub fn attributes(attrs: &AttributeContext) -> Value {
+    let mut o = Obj::new();
+    o.opt("source", attrs.source.as_ref().map(peer));
+    o.opt("destination", attrs.destination.as_ref().map(peer));
+    o.opt("request", attrs.request.as_ref().map(request));
+    o.string_map("contextExtensions", &attrs.context_extensions);
+    o.opt(
+        "metadataContext",
+        attrs.metadata_context.as_ref().map(metadata),
+    );
+    o.opt(
+        "routeMetadataContext",
+        attrs.route_metadata_context.as_ref().map(metadata),
+    );
+    o.opt("tlsSession", attrs.tls_session.as_ref().map(tls_session));
+    o.into_value()
+}
+
+fn peer(p: &Peer) -> Value {
+    let mut o = Obj::new();
+    o.opt("address", p.address.as_ref().map(address));
+    o.string("service", &p.service);
+    o.string_map("labels", &p.labels);
+    o.string("principal", &p.principal);
+    o.string("certificate", &p.certificate);
+    o.into_value()
+}
+
+fn address(a: &Address) -> Value {
+    let mut o = Obj::new();
+    match &a.address {
+        Some(address::Address::SocketAddress(s)) => {
+            let mut sa = Obj::new();
+            if s.protocol != 0 {
+                let name = socket_address::Protocol::try_from(s.protocol)
+                    .map(|p| Value::from(p.as_str_name()))
+                    .unwrap_or_else(|_| Value::from(s.protocol));
+                sa.insert("protocol", name);
+            }
+            sa.string("address", &s.address);
+            match &s.port_specifier {
+                Some(socket_address::PortSpecifier::PortValue(port)) if *port != 0 => {
+                    sa.insert("portValue", Value::from(*port));
+                }
+                Some(socket_address::PortSpecifier::PortValue(_)) => {
+                    // protojson writes a set oneof member even when it is zero.
+                    sa.insert("portValue", Value::from(0u32));
+                }
+                Some(socket_address::PortSpecifier::NamedPort(name)) => {
+                    sa.insert("namedPort", Value::from(name.as_str()));
+                }
+                None => {}
+            }
+            sa.string("resolverName", &s.resolver_name);
+            if s.ipv4_compat {
+                sa.insert("ipv4Compat", Value::from(true));
+            }
+            o.insert("socketAddress", sa.into_value());
+        }
+        Some(address::Address::Pipe(p)) => {
+            let mut po = Obj::new();
+            po.string("path", &p.path);
+            if p.mode != 0 {
+                po.insert("mode", Value::from(p.mode));
+            }
+            o.insert("pipe", po.into_value());
+        }
+        Some(address::Address::EnvoyInternalAddress(e)) => {
+            let mut eo = Obj::new();
+            if let Some(
+                crate::proto::core::envoy_internal_address::AddressNameSpecifier::ServerListenerName(
+                    name,
+                ),
+            ) = &e.address_name_specifier
+            {
+                eo.insert("serverListenerName", Value::from(name.as_str()));
+            }
+            eo.string("endpointId", &e.endpoint_id);
+            o.insert("envoyInternalAddress", eo.into_value());
+        }
+        None => {}
+    }
+    o.into_value()
+}
+
+fn request(r: &Request) -> Value {
+    let mut o = Obj::new();
+    if let Some(t) = &r.time {
+        o.insert("time", Value::from(rfc3339(t.seconds, t.nanos)));
+    }
+    o.opt("http", r.http.as_ref().map(http_request));
+    o.into_value()
+}
+
+fn http_request(h: &HttpRequest) -> Value {
+    let mut o = Obj::new();
+    o.string("id", &h.id);
+    o.string("method", &h.method);
+    o.string_map("headers", &h.headers);
+    o.opt("headerMap", h.header_map.as_ref().map(header_map));
+    o.string("path", &h.path);
+    o.string("host", &h.host);
+    o.string("scheme", &h.scheme);
+    o.string("query", &h.query);
+    o.string("fragment", &h.fragment);
+    if h.size != 0 {
+        o.insert("size", Value::from(h.size.to_string()));
+    }
+    o.string("protocol", &h.protocol);
+    o.string("body", &h.body);
+    o.bytes("rawBody", &h.raw_body);
+    o.into_value()
+}
+
+fn header_map(m: &HeaderMap) -> Value {
+    let headers: Vec<Value> = m
+        .headers
+        .iter()
+        .map(|h| {
+            let mut o = Obj::new();
+            o.string("key", &h.key);
+            o.string("value", &h.value);
+            o.bytes("rawValue", &h.raw_value);
+            o.into_value()
+        })
+        .collect();
+    let mut o = Obj::new();
+    if !headers.is_empty() {
+        o.insert("headers", Value::from(headers));
+    }
+    o.into_value()
+}
+
+fn tls_session(t: &TlsSession) -> Value {
+    let mut o = Obj::new();
+    o.string("sni", &t.sni);
+    o.into_value()
+}
+
+fn metadata(m: &Metadata) -> Value {
+    let mut o = Obj::new();
+    if !m.filter_metadata.is_empty() {
+        let map: BTreeMap<Value, Value> = m
+            .filter_metadata
+            .iter()
+            .map(|(k, v)| (Value::from(k.as_str()), proto_struct(v)))
+            .collect();
+        o.insert("filterMetadata", Value::from(map));
+    }
+    if !m.typed_filter_metadata.is_empty() {
+        // Arbiter has no type registry for arbitrary Any payloads; it hands
+        // the policy the type URL and the encoded bytes.
+        let map: BTreeMap<Value, Value> = m
+            .typed_filter_metadata
+            .iter()
+            .map(|(k, any)| {
+                let mut a = Obj::new();
+                a.insert("@type", Value::from(any.type_url.as_str()));
+                a.bytes("value", &any.value);
+                (Value::from(k.as_str()), a.into_value())
+            })
+            .collect();
+        o.insert("typedFilterMetadata", Value::from(map));
+    }
+    o.into_value()
+}
+
+/// A `google.protobuf.Struct` as a plain object.
+pub fn proto_struct(s: &pbjson_types::Struct) -> Value {
+    let map: BTreeMap<Value, Value> = s
+        .fields
+        .iter()
+        .map(|(k, v)| (Value::from(k.as_str()), proto_value(v)))
+        .collect();
+    Value::from(map)
+}
+
+fn proto_value(v: &pbjson_types::Value) -> Value {
+    use pbjson_types::value::Kind;
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::NumberValue(n)) => Value::from(*n),
+        Some(Kind::StringValue(s)) => Value::from(s.as_str()),
+        Some(Kind::BoolValue(b)) => Value::from(*b),
+        Some(Kind::StructValue(s)) => proto_struct(s),
+        Some(Kind::ListValue(l)) => {
+            Value::from(l.values.iter().map(proto_value).collect::<Vec<_>>())
+        }
+    }
+}
+
+/// A timestamp in RFC 3339 as protojson writes it: UTC, with 0, 3, 6 or 9
+/// fractional digits.
+pub fn rfc3339(seconds: i64, nanos: i32) -> String {
+    let nanos = u32::try_from(nanos.clamp(0, 999_999_999)).unwrap_or(0);
+    let datetime = time::OffsetDateTime::from_unix_timestamp(seconds)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let (year, month, day) = (datetime.year(), u8::from(datetime.month()), datetime.day());
+    let (hour, minute, second) = (datetime.hour(), datetime.minute(), datetime.second());
+    let fraction = if nanos == 0 {
+        String::new()
+    } else if nanos % 1_000_000 == 0 {
+        format!(".{:03}", nanos / 1_000_000)
+    } else if nanos % 1_000 == 0 {
+        format!(".{:06}", nanos / 1_000)
+    } else {
+        format!(".{nanos:09}")
+    };
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}{fraction}Z")
+}
+
+/// Builds an object without the ceremony of `BTreeMap<Value, Value>`,
+/// leaving out what protojson leaves out.
+struct Obj(BTreeMap<Value, Value>);
+
+impl Obj {
+    fn new() -> Self {
+        Self(BTreeMap::new())
+    }
+
+    fn insert(&mut self, key: &str, value: Value) {
+        self.0.insert(Value::from(key), value);
+    }
+
+    fn opt(&mut self, key: &str, value: Option<Value>) {
+        if let Some(value) = value {
+            self.insert(key, value);
+        }
+    }
+
+    fn string(&mut self, key: &str, value: &str) {
+        if !value.is_empty() {
+            self.insert(key, Value::from(value));
+        }
+    }
+
+    fn bytes(&mut self, key: &str, value: &[u8]) {
+        if !value.is_empty() {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(value);
+            self.insert(key, Value::from(encoded));
+        }
+    }
+
+    fn string_map(&mut self, key: &str, map: &HashMap<String, String>) {
+        if !map.is_empty() {
+            let object: BTreeMap<Value, Value> = map
+                .iter()
+                .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())))
+                .collect();
+            self.insert(key, Value::from(object));
+        }
+    }
+
+    fn into_value(self) -> Value {
+        Value::from(self.0)
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "tests"
+)]
+mod tests {
+    use super::*;
+    use crate::context::ParseOptions;
+    use crate::proto::auth::CheckRequest;
+
+    /// A CheckRequest that sets every field Arbiter knows of.
+    fn full_request() -> CheckRequest {
+        let json = r#"{
+          "attributes": {
+            "source": {
+              "address": {"socketAddress": {"address": "10.0.0.7", "portValue": 51234}},
+              "service": "frontend", "labels": {"app": "web"},
+              "principal": "spiffe://cluster.local/ns/prod/sa/web",
+              "certificate": "-----BEGIN%20CERTIFICATE-----"
+            },
+            "destination": {
+              "address": {"socketAddress": {"protocol": "UDP", "address": "10.0.0.8", "namedPort": "http"}}
+            },
+            "request": {
+              "time": "2024-05-06T07:08:09.123456Z",
+              "http": {
+                "id": "req-1", "method": "POST",
+                "headers": {":path": "/api/v1/orders?limit=5", "content-type": "application/json"},
+                "headerMap": {"headers": [{"key": "x-raw", "rawValue": "AAEC"}]},
+                "path": "/api/v1/orders?limit=5", "host": "shop.example", "scheme": "https",
+                "size": "41", "protocol": "HTTP/1.1", "body": "{\"item\": \"book\"}",
+                "rawBody": "e30="
+              }
+            },
+            "contextExtensions": {"virtual_host": "shop"},
+            "metadataContext": {"filterMetadata": {"envoy.filters.http.jwt_authn": {"sub": "alice", "n": 3, "ok": true, "l": [1, "a", null], "o": {"x": 1.5}}}},
+            "routeMetadataContext": {"filterMetadata": {"r": {}}},
+            "tlsSession": {"sni": "shop.example"}
+          }
+        }"#;
+        serde_json::from_str(json).expect("valid CheckRequest JSON")
+    }
+
+    #[test]
+    fn attributes_match_the_protobuf_json_mapping() {
+        let request = full_request();
+        // pbjson is the oracle, except where it departs from Go's protojson:
+        // it writes timestamps with "+00:00" where protojson writes "Z", and
+        // every Struct number as a float.
+        let mut expected = serde_json::to_value(request.attributes.as_ref().unwrap()).unwrap();
+        expected["request"]["time"] = serde_json::json!("2024-05-06T07:08:09.123456Z");
+        let built = attributes(request.attributes.as_ref().unwrap());
+        let built: serde_json::Value = serde_json::from_str(&built.to_json_str().unwrap()).unwrap();
+        assert_eq!(floats(built.clone()), floats(expected));
+        assert_eq!(built["request"]["http"]["size"], "41");
+        assert_eq!(
+            built["source"]["address"]["socketAddress"]["portValue"],
+            51234
+        );
+    }
+
+    fn floats(v: serde_json::Value) -> serde_json::Value {
+        use serde_json::Value as J;
+        match v {
+            J::Number(n) => serde_json::json!(n.as_f64()),
+            J::Array(a) => J::Array(a.into_iter().map(floats).collect()),
+            J::Object(o) => J::Object(o.into_iter().map(|(k, v)| (k, floats(v))).collect()),
+            other => other,
+        }
+    }
+
+    #[test]
+    fn empty_fields_are_left_out() {
+        let ctx = RequestContext::from_check(CheckRequest::default(), ParseOptions::default());
+        let doc: serde_json::Value =
+            serde_json::from_str(&build(&ctx).to_json_str().unwrap()).unwrap();
+        assert_eq!(
+            doc,
+            serde_json::json!({
+                "attributes": {},
+                "parsed_path": [""],
+                "parsed_query": {},
+                "parsed_body": null,
+                "truncated_body": false,
+                "version": {"ext_authz": "v3", "encoding": "protojson"}
+            })
+        );
+    }
+
+    #[test]
+    fn parsed_fields_and_version() {
+        let ctx = RequestContext::from_check(full_request(), ParseOptions::default());
+        let doc = build(&ctx);
+        assert_eq!(
+            doc["parsed_path"],
+            Value::from_json_str(r#"["api","v1","orders"]"#).unwrap()
+        );
+        assert_eq!(
+            doc["parsed_query"],
+            Value::from_json_str(r#"{"limit":["5"]}"#).unwrap()
+        );
+        assert_eq!(
+            doc["parsed_body"],
+            Value::from_json_str(r#"{"item":"book"}"#).unwrap()
+        );
+        assert_eq!(doc["truncated_body"], Value::from(false));
+        assert_eq!(doc["version"]["encoding"], Value::from("protojson"));
+    }
+
+    #[test]
+    fn invalid_body_is_named_in_body_error() {
+        let mut request = full_request();
+        let http = request
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+            .unwrap();
+        http.body = "{broken".into();
+        let doc = build(&RequestContext::from_check(
+            request,
+            ParseOptions::default(),
+        ));
+        assert_eq!(doc["parsed_body"], Value::Null);
+        assert!(
+            doc["body_error"]
+                .as_string()
+                .unwrap()
+                .contains("invalid JSON")
+        );
+    }
+
+    #[test]
+    fn timestamps_use_protojson_precision() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(1_714_979_289, 123_000_000),
+            "2024-05-06T07:08:09.123Z"
+        );
+        assert_eq!(
+            rfc3339(1_714_979_289, 123_456_000),
+            "2024-05-06T07:08:09.123456Z"
+        );
+        assert_eq!(rfc3339(1_714_979_289, 1), "2024-05-06T07:08:09.000000001Z");
+    }
+}

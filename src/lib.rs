@@ -1,0 +1,19 @@
+//! Arbiter: a zero-trust policy decision point for Envoy's ext_authz.
+//!
+//! Data flows one way: request -> [`context`] -> [`input`] -> [`policy`] ->
+//! [`decision`] -> response; [`server`] wires the steps together, and
+//! [`config`], [`telemetry`] and [`admin`] stand at the side.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod context;
+pub mod decision;
+pub mod input;
+pub mod policy;
+pub mod proto;
+pub mod server;
+pub mod telemetry;
+
+pub use config::Config;
+pub use server::{Running, StartError, run, start};

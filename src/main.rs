@@ -1,0 +1,133 @@
+//! The `arbiter` command line: `serve` (the default), `eval` and `check`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use arbiter::Config;
+use arbiter::context::{ParseOptions, RequestContext};
+use arbiter::policy::PolicySet;
+use arbiter::proto::auth::CheckRequest;
+
+#[derive(Parser)]
+#[command(
+    name = "arbiter",
+    version,
+    about = "Zero-trust policy decision point for Envoy's ext_authz"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve Envoy's ext_authz gRPC API (the default).
+    Serve {
+        /// Config file (TOML). Without one, the embedded defaults are used.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print the input document and the decision for one CheckRequest.
+    Eval {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// A CheckRequest in the protobuf JSON mapping.
+        #[arg(long, short)]
+        request: PathBuf,
+    },
+    /// Load and compile the policies and data, and report any error.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    match path {
+        Some(path) => Ok(Config::from_file(path)?),
+        None => Ok(Config::default()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Serve { config: None }) {
+        Command::Serve { config } => serve(config.as_deref()),
+        Command::Eval { config, request } => eval(config.as_deref(), &request),
+        Command::Check { config } => check(config.as_deref()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("arbiter: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = load_config(config)?;
+    arbiter::telemetry::init_logging(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(arbiter::run(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eval(config: Option<&Path>, request: &Path) -> anyhow::Result<ExitCode> {
+    let config = load_config(config)?;
+    let text = std::fs::read_to_string(request)
+        .with_context(|| format!("cannot read {}", request.display()))?;
+    let check: CheckRequest = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a CheckRequest in the protobuf JSON mapping",
+            request.display()
+        )
+    })?;
+    let policies = PolicySet::load(&config.policy)?;
+    let ctx = RequestContext::from_check(
+        check,
+        ParseOptions {
+            skip_body: config.policy.skip_request_body_parse,
+        },
+    );
+    let input = arbiter::input::build(&ctx);
+    let input_json: serde_json::Value = serde_json::from_str(&input.to_json_str()?)?;
+    let outcome = policies.decide(input);
+    let options = arbiter::decision::DecisionOptions {
+        dry_run: config.decision.dry_run,
+        reason_header: Some(config.decision.reason_header.clone()).filter(|h| !h.is_empty()),
+    };
+    let decision = arbiter::decision::decide(outcome, &options, "eval".to_owned());
+    let report = serde_json::json!({
+        "revision": policies.revision().to_string(),
+        "input": input_json,
+        "allowed": decision.record.allowed,
+        "reason": decision.record.deny_reason.as_ref().map(|r| r.as_str()),
+        "error": decision.record.error,
+        "response": serde_json::to_value(&decision.response)?,
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(if decision.record.allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+fn check(config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = load_config(config)?;
+    let policies = PolicySet::load(&config.policy)?;
+    println!(
+        "ok: {} files, revision {}, decision {}",
+        policies.files().len(),
+        policies.revision(),
+        config.policy.decision
+    );
+    Ok(ExitCode::SUCCESS)
+}

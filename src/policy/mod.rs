@@ -1,0 +1,539 @@
+//! Policies: loading `.rego` and data files, preparing one regorus engine,
+//! and evaluating the decision rule on a clone of it for each request.
+//!
+//! A [`PolicySet`] is immutable once loaded. Reloading builds a new one off
+//! the request path and swaps it in; a request keeps the set it started with.
+
+mod outcome;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+
+use regorus::{Engine, Value};
+use sha2::{Digest, Sha256};
+
+use crate::config::{DecisionPath, PolicyConfig, RegoVersion};
+
+pub use outcome::{HeaderList, PolicyOutcome};
+
+/// Why policies could not be loaded, or a decision could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("policy error in {path}:{message}")]
+    Compile { path: PathBuf, message: String },
+    #[error("invalid data file {path}: {message}")]
+    Data { path: PathBuf, message: String },
+    #[error("no .rego files found under {paths}")]
+    NoPolicies { paths: String },
+    #[error("the decision rule {rule} is not defined by any policy")]
+    MissingDecision { rule: String },
+    #[error("cannot prepare policies: {message}")]
+    Prepare { message: String },
+    #[error("policy evaluation exceeded its time limit of {limit_ms} ms")]
+    Timeout { limit_ms: u128 },
+    #[error("policy evaluation failed: {message}")]
+    Evaluation { message: String },
+    #[error("the decision is undefined")]
+    Undefined,
+    #[error("the decision is not a boolean or a valid result object: {message}")]
+    InvalidResult { message: String },
+}
+
+/// A hash of every loaded file's name and contents: two sets with the same
+/// revision make the same decisions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Revision(String);
+
+impl fmt::Display for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The files one policy set was built from.
+#[derive(Debug, Default)]
+struct SourceFiles {
+    rego: Vec<(PathBuf, String)>,
+    /// Data files with the data path their directory gives them.
+    data: Vec<(PathBuf, Vec<String>, String)>,
+}
+
+/// A loaded, compiled and prepared set of policies and data.
+pub struct PolicySet {
+    revision: Revision,
+    template: Engine,
+    rule: String,
+    eval_timeout: std::time::Duration,
+    files: Vec<PathBuf>,
+}
+
+impl fmt::Debug for PolicySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicySet")
+            .field("revision", &self.revision)
+            .field("rule", &self.rule)
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PolicySet {
+    /// Reads every `.rego` file and every `data.json` / `data.yaml` under the
+    /// configured paths, compiles them and prepares the engine.
+    ///
+    /// A data file's directory, relative to the configured path it was found
+    /// under, is its place in `data` (as in OPA): `policies/acme/data.json`
+    /// is loaded at `data.acme`.
+    ///
+    /// # Errors
+    /// A file cannot be read or parsed (the error names the file and line),
+    /// data files conflict, or no policy defines the decision rule.
+    pub fn load(config: &PolicyConfig) -> Result<Self, PolicyError> {
+        let sources = collect(&config.paths)?;
+        if sources.rego.is_empty() {
+            return Err(PolicyError::NoPolicies {
+                paths: config
+                    .paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        Self::compile(sources, config)
+    }
+
+    /// Builds a set from policy and data given as text: for tests, fixtures
+    /// and tools that hold policies in memory.
+    ///
+    /// # Errors
+    /// As [`PolicySet::load`].
+    pub fn from_sources(
+        rego: &[(&str, &str)],
+        data_json: Option<&str>,
+        config: &PolicyConfig,
+    ) -> Result<Self, PolicyError> {
+        let sources = SourceFiles {
+            rego: rego
+                .iter()
+                .map(|(name, text)| (PathBuf::from(name), (*text).to_owned()))
+                .collect(),
+            data: data_json
+                .map(|d| vec![(PathBuf::from("data.json"), Vec::new(), d.to_owned())])
+                .unwrap_or_default(),
+        };
+        Self::compile(sources, config)
+    }
+
+    fn compile(sources: SourceFiles, config: &PolicyConfig) -> Result<Self, PolicyError> {
+        let mut engine = Engine::new();
+        engine.set_rego_v0(config.rego_version == RegoVersion::V0);
+        engine.set_strict_builtin_errors(config.strict_builtin_errors);
+        engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
+            limit: config.eval_timeout,
+            check_interval: NonZeroU32::MIN.saturating_add(63),
+        });
+
+        let mut hasher = Sha256::new();
+        let mut files = Vec::new();
+        for (path, text) in &sources.rego {
+            hasher.update(path.to_string_lossy().as_bytes());
+            hasher.update([0]);
+            hasher.update(text.as_bytes());
+            hasher.update([0]);
+            engine
+                .add_policy(path.display().to_string(), text.clone())
+                .map_err(|e| PolicyError::Compile {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            files.push(path.clone());
+        }
+        for (path, prefix, text) in &sources.data {
+            hasher.update(path.to_string_lossy().as_bytes());
+            hasher.update([0]);
+            hasher.update(text.as_bytes());
+            hasher.update([0]);
+            let value = parse_data(path, text)?;
+            let nested = prefix.iter().rev().fold(value, |inner, key| {
+                Value::from(BTreeMap::from([(Value::from(key.as_str()), inner)]))
+            });
+            engine.add_data(nested).map_err(|e| PolicyError::Data {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            files.push(path.clone());
+        }
+
+        let rule = config.decision.rule_ref();
+        prepare(&mut engine, &rule, &config.decision)?;
+        let digest = hasher.finalize();
+        let revision = Revision(
+            digest
+                .iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+        );
+        Ok(Self {
+            revision,
+            template: engine,
+            rule,
+            eval_timeout: config.eval_timeout,
+            files,
+        })
+    }
+
+    pub fn revision(&self) -> &Revision {
+        &self.revision
+    }
+
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// Evaluates the decision rule for one input on a clone of the prepared
+    /// engine and reads the result.
+    ///
+    /// # Errors
+    /// The evaluation failed or ran out of time, the decision is undefined,
+    /// or it is neither a boolean nor a valid result object.
+    pub fn decide(&self, input: Value) -> Result<PolicyOutcome, PolicyError> {
+        let value = self.evaluate(&self.rule, input)?;
+        PolicyOutcome::from_value(value)
+    }
+
+    /// Evaluates any rule (e.g. `data.envoy.authz.test_x`) against an input.
+    ///
+    /// # Errors
+    /// The evaluation failed or ran out of time.
+    pub fn evaluate(&self, rule: &str, input: Value) -> Result<Value, PolicyError> {
+        let mut engine = self.template.clone();
+        engine.set_input(input);
+        engine.eval_rule(rule.to_owned()).map_err(|e| {
+            if matches!(
+                e.downcast_ref::<regorus::LimitError>(),
+                Some(regorus::LimitError::TimeLimitExceeded { .. })
+            ) {
+                PolicyError::Timeout {
+                    limit_ms: self.eval_timeout.as_millis(),
+                }
+            } else {
+                PolicyError::Evaluation {
+                    message: e.to_string().trim().to_owned(),
+                }
+            }
+        })
+    }
+}
+
+/// Checks that the decision rule exists and leaves the engine prepared, so
+/// that each per-request clone starts from compiled policies.
+fn prepare(engine: &mut Engine, rule: &str, path: &DecisionPath) -> Result<(), PolicyError> {
+    engine.set_input(Value::new_object());
+    match engine.eval_rule(rule.to_owned()) {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string() == "not a valid rule path" => Err(PolicyError::MissingDecision {
+            rule: format!("{rule} (decision path {path})"),
+        }),
+        // Evaluating against an empty input may fail (a runtime conflict or
+        // the time limit); the engine is prepared all the same, and such a
+        // policy fails closed per request.
+        Err(e) if e.downcast_ref::<regorus::LimitError>().is_some() => Ok(()),
+        Err(e) => {
+            let message = e.to_string();
+            if message.contains("-->") {
+                Err(PolicyError::Prepare { message })
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+fn parse_data(path: &Path, text: &str) -> Result<Value, PolicyError> {
+    let is_yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+    let value = if is_yaml {
+        Value::from_yaml_str(text)
+    } else {
+        Value::from_json_str(text)
+    }
+    .map_err(|e| PolicyError::Data {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    if value.as_object().is_err() {
+        return Err(PolicyError::Data {
+            path: path.to_owned(),
+            message: "a data file must hold an object at its top level".into(),
+        });
+    }
+    Ok(value)
+}
+
+const DATA_FILE_NAMES: [&str; 3] = ["data.json", "data.yaml", "data.yml"];
+
+fn collect(paths: &[PathBuf]) -> Result<SourceFiles, PolicyError> {
+    let mut sources = SourceFiles::default();
+    for root in paths {
+        let meta = std::fs::metadata(root).map_err(|source| PolicyError::Read {
+            path: root.clone(),
+            source,
+        })?;
+        if meta.is_dir() {
+            walk(root, root, &mut sources)?;
+        } else {
+            add_file(root, Vec::new(), &mut sources)?;
+        }
+    }
+    Ok(sources)
+}
+
+fn walk(root: &Path, dir: &Path, sources: &mut SourceFiles) -> Result<(), PolicyError> {
+    let read_error = |source| PolicyError::Read {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(read_error)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(read_error)?;
+    // Sorted, so that the revision and any error are the same on every load.
+    entries.sort();
+    for path in entries {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        // Hidden entries include Kubernetes ConfigMap bookkeeping (`..data`).
+        if name.as_deref().is_none_or(|n| n.starts_with('.')) {
+            continue;
+        }
+        let meta = std::fs::metadata(&path).map_err(|source| PolicyError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        if meta.is_dir() {
+            walk(root, &path, sources)?;
+        } else {
+            let prefix = path
+                .parent()
+                .and_then(|parent| parent.strip_prefix(root).ok())
+                .map(|rel| {
+                    rel.components()
+                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            add_file(&path, prefix, sources)?;
+        }
+    }
+    Ok(())
+}
+
+fn add_file(
+    path: &Path,
+    prefix: Vec<String>,
+    sources: &mut SourceFiles,
+) -> Result<(), PolicyError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let is_rego = path.extension().is_some_and(|e| e == "rego");
+    let is_data = DATA_FILE_NAMES.contains(&name.as_str());
+    if !is_rego && !is_data {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    if is_rego {
+        sources.rego.push((path.to_owned(), text));
+    } else {
+        sources.data.push((path.to_owned(), prefix, text));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn set(rego: &str) -> Result<PolicySet, PolicyError> {
+        PolicySet::from_sources(&[("test.rego", rego)], None, &PolicyConfig::default())
+    }
+
+    fn input(json: &str) -> Value {
+        Value::from_json_str(json).unwrap()
+    }
+
+    #[test]
+    fn boolean_decision() {
+        let policies =
+            set("package envoy.authz\ndefault allow := false\nallow if input.user == \"alice\"\n")
+                .unwrap();
+        assert!(
+            policies
+                .decide(input(r#"{"user":"alice"}"#))
+                .unwrap()
+                .allowed()
+        );
+        assert!(
+            !policies
+                .decide(input(r#"{"user":"bob"}"#))
+                .unwrap()
+                .allowed()
+        );
+    }
+
+    #[test]
+    fn undefined_decision_is_an_error() {
+        let policies = set("package envoy.authz\nallow if input.user == \"alice\"\n").unwrap();
+        assert!(matches!(
+            policies.decide(input("{}")),
+            Err(PolicyError::Undefined)
+        ));
+    }
+
+    #[test]
+    fn missing_decision_rule_fails_the_load() {
+        let err = set("package other\nallow := true\n").unwrap_err();
+        assert!(matches!(err, PolicyError::MissingDecision { .. }), "{err}");
+        assert!(err.to_string().contains("data.envoy.authz.allow"));
+    }
+
+    #[test]
+    fn syntax_error_names_file_and_line() {
+        let err = set("package envoy.authz\n\nallow if {\n  input.a ==\n}\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("test.rego:5"), "{text}");
+    }
+
+    #[test]
+    fn v0_policies_need_the_v0_setting() {
+        let rego = "package envoy.authz\ndefault allow = false\nallow { input.x == 1 }\n";
+        assert!(set(rego).is_err());
+        let config = PolicyConfig {
+            rego_version: RegoVersion::V0,
+            ..PolicyConfig::default()
+        };
+        let policies = PolicySet::from_sources(&[("v0.rego", rego)], None, &config).unwrap();
+        assert!(policies.decide(input(r#"{"x":1}"#)).unwrap().allowed());
+    }
+
+    #[test]
+    fn builtin_errors_are_undefined_as_in_opa() {
+        let policies = set(
+            "package envoy.authz\ndefault allow := false\nallow if net.cidr_contains(\"10.0.0.0/8\", input.ip)\nallow if input.fallback\n",
+        )
+        .unwrap();
+        let outcome = policies
+            .decide(input(r#"{"ip":"not-an-ip","fallback":true}"#))
+            .unwrap();
+        assert!(outcome.allowed());
+    }
+
+    #[test]
+    fn conflicting_values_are_an_evaluation_error() {
+        let policies =
+            set("package envoy.authz\nallow := true if input.a\nallow := false if input.b\n")
+                .unwrap();
+        assert!(matches!(
+            policies.decide(input(r#"{"a":true,"b":true}"#)),
+            Err(PolicyError::Evaluation { .. })
+        ));
+    }
+
+    #[test]
+    fn runaway_policy_is_stopped_by_the_time_limit() {
+        let config = PolicyConfig {
+            eval_timeout: Duration::from_millis(50),
+            ..PolicyConfig::default()
+        };
+        let policies = PolicySet::from_sources(
+            &[(
+                "slow.rego",
+                "package envoy.authz\ndefault allow := false\nallow if {\n  count([x | some i in numbers.range(1, input.n); some j in numbers.range(1, input.n); x := i * j]) < 0\n}\n",
+            )],
+            None,
+            &config,
+        )
+        .unwrap();
+        let started = Instant::now();
+        let result = policies.decide(input(r#"{"n": 4000}"#));
+        assert!(
+            matches!(result, Err(PolicyError::Timeout { limit_ms: 50 })),
+            "{result:?}"
+        );
+        // Generous bound: it must stop near the limit, not run 16M iterations.
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn data_files_are_nested_by_directory_and_change_the_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("acme/users")).unwrap();
+        std::fs::write(
+            dir.path().join("policy.rego"),
+            "package envoy.authz\nallow if data.acme.users.admins[_] == input.user\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("acme/users/data.yaml"),
+            "admins:\n  - alice\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("acme/README.md"), "ignored").unwrap();
+        let config = PolicyConfig {
+            paths: vec![dir.path().to_owned()],
+            ..PolicyConfig::default()
+        };
+        let first = PolicySet::load(&config).unwrap();
+        assert!(
+            first
+                .decide(input(r#"{"user":"alice"}"#))
+                .unwrap()
+                .allowed()
+        );
+        assert_eq!(first.files().len(), 2);
+
+        std::fs::write(
+            dir.path().join("acme/users/data.yaml"),
+            "admins:\n  - bob\n",
+        )
+        .unwrap();
+        let second = PolicySet::load(&config).unwrap();
+        assert_ne!(first.revision(), second.revision());
+        assert!(matches!(
+            second.decide(input(r#"{"user":"alice"}"#)),
+            Err(PolicyError::Undefined)
+        ));
+    }
+
+    #[test]
+    fn broken_data_file_names_the_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.rego"),
+            "package envoy.authz\nallow := true\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("data.json"), "{\n  \"a\": [1,\n}\n").unwrap();
+        let config = PolicyConfig {
+            paths: vec![dir.path().to_owned()],
+            ..PolicyConfig::default()
+        };
+        let text = PolicySet::load(&config).unwrap_err().to_string();
+        assert!(text.contains("data.json"), "{text}");
+        assert!(text.contains("line 3"), "{text}");
+    }
+}

@@ -1,0 +1,285 @@
+//! The gRPC service Envoy calls, and the wiring of one running Arbiter:
+//! request -> context -> input -> policy -> decision -> response.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::{Request, Response, Status};
+
+use crate::config::Config;
+use crate::context::{ParseOptions, RequestContext, split_target};
+use crate::decision::{self, DecisionOptions};
+use crate::policy::{PolicyError, PolicySet};
+use crate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
+use crate::proto::auth::{CheckRequest, CheckResponse};
+use crate::proto::core::address;
+use crate::telemetry::{self, Metrics, RequestSummary};
+
+/// Why Arbiter could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Whether Arbiter should be sent traffic: policies are loaded and it is not shutting down.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    policies_loaded: AtomicBool,
+    shutting_down: AtomicBool,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.policies_loaded.load(Ordering::Acquire) && !self.shutting_down.load(Ordering::Acquire)
+    }
+}
+
+/// State shared by the gRPC service and the admin endpoints.
+pub struct Shared {
+    pub policies: ArcSwap<PolicySet>,
+    pub metrics: Metrics,
+    pub readiness: Readiness,
+    parse_options: ParseOptions,
+    decision_options: DecisionOptions,
+}
+
+impl Shared {
+    /// State for a policy set that has already been loaded.
+    pub fn new(config: &Config, policies: PolicySet) -> Self {
+        let reason_header = Some(config.decision.reason_header.clone()).filter(|h| !h.is_empty());
+        Self {
+            policies: ArcSwap::from_pointee(policies),
+            metrics: Metrics::default(),
+            readiness: Readiness {
+                policies_loaded: AtomicBool::new(true),
+                shutting_down: AtomicBool::new(false),
+            },
+            parse_options: ParseOptions {
+                skip_body: config.policy.skip_request_body_parse,
+            },
+            decision_options: DecisionOptions {
+                dry_run: config.decision.dry_run,
+                reason_header,
+            },
+        }
+    }
+
+    /// Decides one CheckRequest: total, never an error.
+    pub fn check(&self, request: CheckRequest) -> CheckResponse {
+        let started = Instant::now();
+        // Taken once: the request finishes on this set even if a reload swaps another in.
+        let policies = self.policies.load_full();
+        let ctx = RequestContext::from_check(request, self.parse_options);
+        let input = crate::input::build(&ctx);
+        let eval_started = Instant::now();
+        let outcome = policies.decide(input);
+        let eval = eval_started.elapsed();
+        let decision = decision::decide(
+            outcome,
+            &self.decision_options,
+            uuid::Uuid::new_v4().to_string(),
+        );
+        let total = started.elapsed();
+        self.metrics.record_decision(&decision.record, total, eval);
+        let revision = policies.revision().to_string();
+        let http = ctx.http();
+        let source = ctx.attributes.source.as_ref();
+        let source_address = source
+            .and_then(|s| s.address.as_ref())
+            .and_then(|a| match &a.address {
+                Some(address::Address::SocketAddress(s)) => Some(s.address.as_str()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let summary = RequestSummary {
+            revision: &revision,
+            method: http.map(|h| h.method.as_str()).unwrap_or_default(),
+            host: http.map(|h| h.host.as_str()).unwrap_or_default(),
+            path: http.map(|h| split_target(&h.path).0).unwrap_or_default(),
+            source_address,
+            source_principal: source.map(|s| s.principal.as_str()).unwrap_or_default(),
+        };
+        telemetry::log_decision(&decision.record, &summary, eval, total);
+        decision.response
+    }
+}
+
+/// `envoy.service.auth.v3.Authorization`, a thin adapter over [`Shared::check`].
+#[derive(Clone)]
+pub struct CheckService {
+    shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl Authorization for CheckService {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        Ok(Response::new(self.shared.check(request.into_inner())))
+    }
+}
+
+/// A started Arbiter: its bound addresses and a handle to stop it.
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    health: tonic_health::server::HealthReporter,
+    grpc_task: JoinHandle<Result<(), tonic::transport::Error>>,
+    admin_task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Turns readiness off, stops accepting requests, lets the ones in
+    /// flight finish, then returns.
+    pub async fn shutdown(self) {
+        self.shared
+            .readiness
+            .shutting_down
+            .store(true, Ordering::Release);
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        self.health
+            .set_not_serving::<AuthorizationServer<CheckService>>()
+            .await;
+        let _ = self.shutdown.send(true);
+        match self.grpc_task.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "gRPC server failed"),
+            Err(e) => tracing::error!(error = %e, "gRPC server task failed"),
+            Ok(Ok(())) => {}
+        }
+        let _ = self.admin_task.await;
+        tracing::info!("arbiter stopped");
+    }
+}
+
+/// Loads policies, binds both listeners and starts serving.
+///
+/// # Errors
+/// The policies do not load, or a listener cannot be bound.
+pub async fn start(config: &Config) -> Result<Running, StartError> {
+    if config.decision.dry_run {
+        tracing::warn!("DRY RUN: every deny is answered with an allow and only logged");
+    }
+    let policies = PolicySet::load(&config.policy)?;
+    tracing::info!(
+        revision = %policies.revision(),
+        files = policies.files().len(),
+        decision = %config.policy.decision,
+        "policies loaded"
+    );
+    let shared = Arc::new(Shared::new(config, policies));
+
+    let grpc_listener = bind("gRPC", config.server.grpc_addr).await?;
+    let admin_listener = bind("admin", config.admin.addr).await?;
+    let grpc_addr = local_addr("gRPC", config.server.grpc_addr, &grpc_listener)?;
+    let admin_addr = local_addr("admin", config.admin.addr, &admin_listener)?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<AuthorizationServer<CheckService>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let service = AuthorizationServer::new(CheckService {
+        shared: Arc::clone(&shared),
+    })
+    .max_decoding_message_size(config.server.max_request_bytes);
+    let mut grpc_shutdown = shutdown_rx.clone();
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                async move {
+                    let _ = grpc_shutdown.wait_for(|stop| *stop).await;
+                },
+            ),
+    );
+    let admin_task = tokio::spawn(crate::admin::serve(
+        admin_listener,
+        Arc::clone(&shared),
+        shutdown_rx,
+    ));
+    tracing::info!(%grpc_addr, %admin_addr, "arbiter serving");
+    Ok(Running {
+        grpc_addr,
+        admin_addr,
+        shared,
+        shutdown,
+        health,
+        grpc_task,
+        admin_task,
+    })
+}
+
+/// Starts Arbiter and serves until SIGTERM or Ctrl-C, then shuts down gracefully.
+///
+/// # Errors
+/// As [`start`].
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let running = start(&config).await?;
+    wait_for_stop_signal().await;
+    tracing::info!("stop signal received, draining");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+fn local_addr(
+    what: &'static str,
+    addr: SocketAddr,
+    listener: &TcpListener,
+) -> Result<SocketAddr, StartError> {
+    listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { what, addr, source })
+}

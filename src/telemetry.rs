@@ -1,0 +1,250 @@
+//! Logs and metrics: the `tracing` subscriber, the decision log line, and
+//! counters and histograms rendered in Prometheus' text format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::config::{LogConfig, LogFormat};
+use crate::decision::DecisionRecord;
+
+/// Installs the global `tracing` subscriber. `RUST_LOG` overrides the configured level.
+/// A second call (as in tests) leaves the first subscriber in place.
+pub fn init_logging(config: &LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _already_set = match config.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// What the decision log says of the request, besides the decision itself.
+#[derive(Debug, Default)]
+pub struct RequestSummary<'a> {
+    pub revision: &'a str,
+    pub method: &'a str,
+    pub host: &'a str,
+    /// Path without the query string, which may carry secrets.
+    pub path: &'a str,
+    pub source_address: &'a str,
+    pub source_principal: &'a str,
+}
+
+/// Writes one decision log line (target `arbiter::decision`). No header,
+/// token, cookie or body is ever part of it.
+pub fn log_decision(
+    record: &DecisionRecord,
+    request: &RequestSummary<'_>,
+    eval: Duration,
+    total: Duration,
+) {
+    let reason = record
+        .deny_reason
+        .as_ref()
+        .map(|r| r.as_str())
+        .unwrap_or("");
+    let result = if record.allowed { "allow" } else { "deny" };
+    tracing::info!(
+        target: "arbiter::decision",
+        decision_id = %record.decision_id,
+        revision = request.revision,
+        result,
+        reason,
+        dry_run = record.dry_run,
+        http_status = record.http_status.unwrap_or(0),
+        method = request.method,
+        host = request.host,
+        path = request.path,
+        source_address = request.source_address,
+        source_principal = request.source_principal,
+        error = record.error.as_deref().unwrap_or(""),
+        eval_us = u64::try_from(eval.as_micros()).unwrap_or(u64::MAX),
+        total_us = u64::try_from(total.as_micros()).unwrap_or(u64::MAX),
+        "decision"
+    );
+}
+
+/// Upper bounds of the latency buckets, in microseconds.
+const LATENCY_BUCKETS_US: [u64; 14] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+];
+
+/// A fixed-bucket latency histogram.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        if let Some(i) = LATENCY_BUCKETS_US.iter().position(|bound| us <= *bound)
+            && let Some(bucket) = self.buckets.get(i)
+        {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in LATENCY_BUCKETS_US.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1e6
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// Distinct deny reasons kept as labels; past this, new ones count as `other`.
+const MAX_REASON_LABELS: usize = 256;
+
+/// Arbiter's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    decisions: Mutex<BTreeMap<(bool, String), u64>>,
+    pub decision_latency: Histogram,
+    pub eval_latency: Histogram,
+}
+
+impl Metrics {
+    pub fn record_decision(&self, record: &DecisionRecord, total: Duration, eval: Duration) {
+        let reason = record
+            .deny_reason
+            .as_ref()
+            .map(|r| r.as_str())
+            .unwrap_or("");
+        if let Ok(mut decisions) = self.decisions.lock() {
+            let key = (record.allowed, reason.to_owned());
+            if decisions.len() >= MAX_REASON_LABELS && !decisions.contains_key(&key) {
+                *decisions
+                    .entry((record.allowed, "other".to_owned()))
+                    .or_default() += 1;
+            } else {
+                *decisions.entry(key).or_default() += 1;
+            }
+        }
+        self.decision_latency.observe(total);
+        self.eval_latency.observe(eval);
+    }
+
+    /// The metrics in Prometheus' text exposition format.
+    pub fn render(&self, revision: &str, ready: bool) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP arbiter_decisions_total Decisions made, by result and deny reason.\n");
+        out.push_str("# TYPE arbiter_decisions_total counter\n");
+        if let Ok(decisions) = self.decisions.lock() {
+            for ((allowed, reason), count) in decisions.iter() {
+                let result = if *allowed { "allow" } else { "deny" };
+                let _ = writeln!(
+                    out,
+                    "arbiter_decisions_total{{result=\"{result}\",reason=\"{}\"}} {count}",
+                    escape_label(reason)
+                );
+            }
+        }
+        self.decision_latency.render(
+            &mut out,
+            "arbiter_decision_duration_seconds",
+            "Time from receiving a CheckRequest to answering it.",
+        );
+        self.eval_latency.render(
+            &mut out,
+            "arbiter_policy_eval_duration_seconds",
+            "Time spent evaluating the decision rule.",
+        );
+        out.push_str("# HELP arbiter_policy_revision The loaded policy revision.\n");
+        out.push_str("# TYPE arbiter_policy_revision gauge\n");
+        let _ = writeln!(
+            out,
+            "arbiter_policy_revision{{revision=\"{}\"}} 1",
+            escape_label(revision)
+        );
+        out.push_str("# HELP arbiter_ready Whether Arbiter is ready to decide.\n");
+        out.push_str("# TYPE arbiter_ready gauge\n");
+        let _ = writeln!(out, "arbiter_ready {}", u8::from(ready));
+        out
+    }
+}
+
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+    use crate::decision::DenyReason;
+
+    fn record(allowed: bool, reason: Option<DenyReason>) -> DecisionRecord {
+        DecisionRecord {
+            decision_id: "d".into(),
+            allowed,
+            deny_reason: reason,
+            http_status: None,
+            error: None,
+            dry_run: false,
+        }
+    }
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let metrics = Metrics::default();
+        metrics.record_decision(
+            &record(true, None),
+            Duration::from_micros(40),
+            Duration::from_micros(20),
+        );
+        metrics.record_decision(
+            &record(false, Some(DenyReason::Undefined)),
+            Duration::from_micros(300),
+            Duration::from_micros(200),
+        );
+        let text = metrics.render("abc", true);
+        assert!(
+            text.contains("arbiter_decisions_total{result=\"allow\",reason=\"\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("arbiter_decisions_total{result=\"deny\",reason=\"policy_undefined\"} 1")
+        );
+        assert!(
+            text.contains("arbiter_decision_duration_seconds_bucket{le=\"0.00005\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("arbiter_decision_duration_seconds_bucket{le=\"+Inf\"} 2"));
+        assert!(text.contains("arbiter_decision_duration_seconds_count 2"));
+        assert!(text.contains("arbiter_policy_revision{revision=\"abc\"} 1"));
+        assert!(text.contains("arbiter_ready 1"));
+    }
+}
