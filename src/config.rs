@@ -183,6 +183,20 @@ impl DecisionPath {
     }
 }
 
+impl DecisionPath {
+    /// The package as regorus names it (`data.envoy.authz`) and the rule's
+    /// name within it (`allow`).
+    pub fn package_and_name(&self) -> Option<(String, String)> {
+        let (name, package) = self.segments.split_last()?;
+        let mut joined = String::from("data");
+        for segment in package {
+            joined.push('.');
+            joined.push_str(segment);
+        }
+        Some((joined, name.clone()))
+    }
+}
+
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')

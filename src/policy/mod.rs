@@ -65,11 +65,22 @@ struct SourceFiles {
     data: Vec<(PathBuf, Vec<String>, String)>,
 }
 
+/// How the decision is read from the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// `eval_rule`: the decision path names a rule (the fast path).
+    Rule,
+    /// `eval_query`: the decision is an object built from partial rules
+    /// (`result["allowed"] := ...`), which regorus only evaluates as a query.
+    Query,
+}
+
 /// A loaded, compiled and prepared set of policies and data.
 pub struct PolicySet {
     revision: Revision,
     template: Engine,
     rule: String,
+    lookup: Lookup,
     eval_timeout: std::time::Duration,
     files: Vec<PathBuf>,
 }
@@ -143,17 +154,19 @@ impl PolicySet {
 
         let mut hasher = Sha256::new();
         let mut files = Vec::new();
+        let mut packages = Vec::new();
         for (path, text) in &sources.rego {
             hasher.update(path.to_string_lossy().as_bytes());
             hasher.update([0]);
             hasher.update(text.as_bytes());
             hasher.update([0]);
-            engine
+            let package = engine
                 .add_policy(path.display().to_string(), text.clone())
                 .map_err(|e| PolicyError::Compile {
                     path: path.clone(),
                     message: e.to_string(),
                 })?;
+            packages.push((path.display().to_string(), package));
             files.push(path.clone());
         }
         for (path, prefix, text) in &sources.data {
@@ -173,7 +186,7 @@ impl PolicySet {
         }
 
         let rule = config.decision.rule_ref();
-        prepare(&mut engine, &rule, &config.decision)?;
+        let lookup = prepare(&mut engine, &rule, &config.decision, &packages)?;
         let digest = hasher.finalize();
         let revision = Revision(
             digest
@@ -186,6 +199,7 @@ impl PolicySet {
             revision,
             template: engine,
             rule,
+            lookup,
             eval_timeout: config.eval_timeout,
             files,
         })
@@ -206,8 +220,45 @@ impl PolicySet {
     /// The evaluation failed or ran out of time, the decision is undefined,
     /// or it is neither a boolean nor a valid result object.
     pub fn decide(&self, input: Value) -> Result<PolicyOutcome, PolicyError> {
-        let value = self.evaluate(&self.rule, input)?;
+        let value = match self.lookup {
+            Lookup::Rule => self.evaluate(&self.rule, input)?,
+            Lookup::Query => self.query(input)?,
+        };
         PolicyOutcome::from_value(value)
+    }
+
+    fn query(&self, input: Value) -> Result<Value, PolicyError> {
+        let mut engine = self.template.clone();
+        engine.set_input(input);
+        let results = engine
+            .eval_query(self.rule.clone(), false)
+            .map_err(|e| self.classify(&e))?;
+        let mut values = results
+            .result
+            .into_iter()
+            .filter_map(|r| r.expressions.into_iter().next().map(|e| e.value));
+        match (values.next(), values.next()) {
+            (None, _) => Ok(Value::Undefined),
+            (Some(value), None) => Ok(value),
+            (Some(_), Some(_)) => Err(PolicyError::Evaluation {
+                message: "the decision has more than one value".into(),
+            }),
+        }
+    }
+
+    fn classify(&self, e: &anyhow::Error) -> PolicyError {
+        if matches!(
+            e.downcast_ref::<regorus::LimitError>(),
+            Some(regorus::LimitError::TimeLimitExceeded { .. })
+        ) {
+            PolicyError::Timeout {
+                limit_ms: self.eval_timeout.as_millis(),
+            }
+        } else {
+            PolicyError::Evaluation {
+                message: e.to_string().trim().to_owned(),
+            }
+        }
     }
 
     /// Evaluates any rule (e.g. `data.envoy.authz.test_x`) against an input.
@@ -217,45 +268,68 @@ impl PolicySet {
     pub fn evaluate(&self, rule: &str, input: Value) -> Result<Value, PolicyError> {
         let mut engine = self.template.clone();
         engine.set_input(input);
-        engine.eval_rule(rule.to_owned()).map_err(|e| {
-            if matches!(
-                e.downcast_ref::<regorus::LimitError>(),
-                Some(regorus::LimitError::TimeLimitExceeded { .. })
-            ) {
-                PolicyError::Timeout {
-                    limit_ms: self.eval_timeout.as_millis(),
-                }
-            } else {
-                PolicyError::Evaluation {
-                    message: e.to_string().trim().to_owned(),
-                }
-            }
-        })
+        engine
+            .eval_rule(rule.to_owned())
+            .map_err(|e| self.classify(&e))
     }
 }
 
-/// Checks that the decision rule exists and leaves the engine prepared, so
-/// that each per-request clone starts from compiled policies.
-fn prepare(engine: &mut Engine, rule: &str, path: &DecisionPath) -> Result<(), PolicyError> {
+/// Checks that the decision rule exists, chooses how to read it, and leaves
+/// the engine prepared so that each per-request clone starts from compiled
+/// policies.
+fn prepare(
+    engine: &mut Engine,
+    rule: &str,
+    path: &DecisionPath,
+    packages: &[(String, String)],
+) -> Result<Lookup, PolicyError> {
     engine.set_input(Value::new_object());
-    match engine.eval_rule(rule.to_owned()) {
-        Ok(_) => Ok(()),
-        Err(e) if e.to_string() == "not a valid rule path" => Err(PolicyError::MissingDecision {
-            rule: format!("{rule} (decision path {path})"),
-        }),
-        // Evaluating against an empty input may fail (a runtime conflict or
-        // the time limit); the engine is prepared all the same, and such a
-        // policy fails closed per request.
-        Err(e) if e.downcast_ref::<regorus::LimitError>().is_some() => Ok(()),
-        Err(e) => {
-            let message = e.to_string();
-            if message.contains("-->") {
-                Err(PolicyError::Prepare { message })
-            } else {
-                Ok(())
+    let lookup = match engine.eval_rule(rule.to_owned()) {
+        Err(e) if e.to_string() == "not a valid rule path" => {
+            if !declares_decision(engine, path, packages) {
+                return Err(PolicyError::MissingDecision {
+                    rule: format!("{rule} (decision path {path})"),
+                });
             }
+            Lookup::Query
         }
+        Ok(_) => return Ok(Lookup::Rule),
+        Err(e) => {
+            fatal_prepare_error(&e)?;
+            return Ok(Lookup::Rule);
+        }
+    };
+    if let Err(e) = engine.eval_query(rule.to_owned(), false) {
+        fatal_prepare_error(&e)?;
     }
+    Ok(lookup)
+}
+
+/// Evaluating against an empty input may fail at run time (a conflict, the
+/// time limit); such a policy is still loaded and fails closed per request.
+/// A compile-time error, which carries a source location, stops the load.
+fn fatal_prepare_error(e: &anyhow::Error) -> Result<(), PolicyError> {
+    let message = e.to_string();
+    if e.downcast_ref::<regorus::LimitError>().is_none() && message.contains("-->") {
+        return Err(PolicyError::Prepare { message });
+    }
+    Ok(())
+}
+
+/// Whether a module in the decision's package declares a rule rooted at its
+/// last segment (as `result["allowed"] := ...` does for `result`).
+fn declares_decision(engine: &Engine, path: &DecisionPath, packages: &[(String, String)]) -> bool {
+    let Some((package, name)) = path.package_and_name() else {
+        return false;
+    };
+    packages
+        .iter()
+        .filter(|(_, declared)| *declared == package)
+        .any(|(file, _)| {
+            engine
+                .has_declared_rule_rooted_at(file, &name)
+                .unwrap_or(false)
+        })
 }
 
 fn parse_data(path: &Path, text: &str) -> Result<Value, PolicyError> {
@@ -393,6 +467,28 @@ mod tests {
                 .unwrap()
                 .allowed()
         );
+    }
+
+    #[test]
+    fn decision_built_from_partial_rules_is_read_as_a_query() {
+        let config = PolicyConfig {
+            decision: "envoy/authz/result".parse().unwrap(),
+            ..PolicyConfig::default()
+        };
+        let rego = "package envoy.authz\ndefault allow := false\nallow if input.ok\nresult[\"allowed\"] := allow\nresult[\"body\"] := \"no\" if not allow\n";
+        let policies = PolicySet::from_sources(&[("r.rego", rego)], None, &config).unwrap();
+        assert!(policies.decide(input(r#"{"ok": true}"#)).unwrap().allowed());
+        let denied = policies.decide(input("{}")).unwrap();
+        assert!(!denied.allowed());
+        assert_eq!(denied.body, "no");
+        let missing = PolicyConfig {
+            decision: "envoy/authz/nothing".parse().unwrap(),
+            ..PolicyConfig::default()
+        };
+        assert!(matches!(
+            PolicySet::from_sources(&[("r.rego", rego)], None, &missing),
+            Err(PolicyError::MissingDecision { .. })
+        ));
     }
 
     #[test]

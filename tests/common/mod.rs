@@ -1,0 +1,127 @@
+//! Helpers shared by the integration tests: a real Arbiter on 127.0.0.1:0
+//! with policies written to a temporary directory, and a real gRPC client.
+
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::Path;
+
+use arbiter::proto::auth::authorization_client::AuthorizationClient;
+use arbiter::proto::auth::check_response::HttpResponse;
+use arbiter::proto::auth::{CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse};
+use arbiter::proto::core::HeaderValueOption;
+use arbiter::{Config, Running};
+use tonic::transport::Channel;
+
+/// A running Arbiter and the directory its policies live in.
+pub struct TestArbiter {
+    pub running: Running,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestArbiter {
+    /// Starts Arbiter with the given policy files and extra TOML config.
+    pub async fn start(files: &[(&str, &str)], extra_toml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            let path = dir.path().join("policies").join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        let toml = test_config_toml(extra_toml);
+        let config = Config::from_toml(&toml, Path::new("test.toml"), dir.path()).unwrap();
+        let running = arbiter::start(&config).await.unwrap();
+        Self { running, dir }
+    }
+
+    pub async fn client(&self) -> AuthorizationClient<Channel> {
+        AuthorizationClient::connect(format!("http://{}", self.running.grpc_addr))
+            .await
+            .unwrap()
+    }
+
+    pub async fn check_json(&self, json: &str) -> CheckResponse {
+        let request: CheckRequest = serde_json::from_str(json).unwrap();
+        self.client()
+            .await
+            .check(request)
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
+/// The test's config with both listeners on free ports of 127.0.0.1.
+/// Policies come from `policies/` beside the config.
+pub fn test_config_toml(extra: &str) -> String {
+    let mut table: toml::Table = extra.parse().unwrap();
+    for (section, key) in [("server", "grpc_addr"), ("admin", "addr")] {
+        let section = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        section
+            .as_table_mut()
+            .unwrap()
+            .entry(key)
+            .or_insert_with(|| toml::Value::String("127.0.0.1:0".into()));
+    }
+    table.to_string()
+}
+
+pub fn is_allowed(response: &CheckResponse) -> bool {
+    let ok_status = response.status.as_ref().map(|s| s.code) == Some(0);
+    let ok_body = matches!(response.http_response, Some(HttpResponse::OkResponse(_)));
+    assert_eq!(
+        ok_status, ok_body,
+        "status and response kind disagree: {response:?}"
+    );
+    ok_status
+}
+
+pub fn ok_response(response: &CheckResponse) -> &OkHttpResponse {
+    match &response.http_response {
+        Some(HttpResponse::OkResponse(ok)) => ok,
+        other => panic!("expected an ok_response, got {other:?}"),
+    }
+}
+
+pub fn denied_response(response: &CheckResponse) -> &DeniedHttpResponse {
+    match &response.http_response {
+        Some(HttpResponse::DeniedResponse(denied)) => denied,
+        other => panic!("expected a denied_response, got {other:?}"),
+    }
+}
+
+pub fn header_values<'a>(headers: &'a [HeaderValueOption], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .filter(|h| h.key == name)
+        .map(|h| h.value.as_str())
+        .collect()
+}
+
+/// A compact CheckRequest in the protobuf JSON mapping.
+pub fn http_request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> String {
+    let mut header_map = serde_json::Map::new();
+    header_map.insert(":method".into(), method.into());
+    header_map.insert(":path".into(), path.into());
+    for (k, v) in headers {
+        header_map.insert((*k).into(), (*v).into());
+    }
+    serde_json::json!({
+        "attributes": {
+            "source": {"address": {"socketAddress": {"address": "10.0.0.5", "portValue": 40000}}},
+            "request": {"http": {
+                "method": method, "path": path, "host": "example.test", "protocol": "HTTP/1.1",
+                "headers": header_map, "body": body
+            }}
+        }
+    })
+    .to_string()
+}

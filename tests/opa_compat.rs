@@ -1,0 +1,406 @@
+//! Policies in the style of OPA's Envoy plugin documentation, in v0 and v1
+//! syntax, with boolean and object results, decided by Arbiter as OPA
+//! decides them. Each runs through a real gRPC client and server.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use common::*;
+
+/// The documented shape of an Envoy request as OPA sees it (Basic auth for alice).
+fn documented_request(method: &str, path: &str, authorization: &str) -> String {
+    serde_json::json!({
+      "attributes": {
+        "source": {"address": {"socketAddress": {"address": "172.17.0.10", "portValue": 36472}}},
+        "destination": {"address": {"socketAddress": {"address": "172.17.0.17", "portValue": 9080}}},
+        "request": {"http": {
+          "id": "13359530607844510314",
+          "method": method,
+          "headers": {
+            ":authority": "192.168.99.100:31380", ":method": method, ":path": path,
+            "accept": "*/*", "authorization": authorization,
+            "user-agent": "curl/7.54.0", "x-forwarded-proto": "http",
+            "x-request-id": "3f5c7e6e-0c7e-4f1e-9bb1-123456789abc"
+          },
+          "path": path, "host": "192.168.99.100:31380", "protocol": "HTTP/1.1"
+        }}
+      }
+    })
+    .to_string()
+}
+
+const ALICE: &str = "Basic YWxpY2U6cGFzc3dvcmQ="; // alice:password
+const BOB: &str = "Basic Ym9iOnBhc3N3b3Jk"; // bob:password
+
+const V0_BASIC_AUTH: &str = r#"
+package envoy.authz
+
+import input.attributes.request.http as http_request
+
+default allow = false
+
+allow {
+    required_roles[r]
+}
+
+required_roles[r] {
+    perm := role_perms[user_roles[user_name][_]][_]
+    perm.method == http_request.method
+    perm.path == http_request.path
+    r := perm
+}
+
+user_name = parsed {
+    [_, encoded] := split(http_request.headers.authorization, " ")
+    [parsed, _] := split(base64url.decode(encoded), ":")
+}
+
+user_roles = {
+    "alice": ["guest"],
+    "bob": ["admin"]
+}
+
+role_perms = {
+    "guest": [
+        {"method": "GET",  "path": "/productpage"},
+    ],
+    "admin": [
+        {"method": "GET",  "path": "/productpage"},
+        {"method": "GET",  "path": "/api/v1/products"},
+    ],
+}
+"#;
+
+const V1_BASIC_AUTH: &str = r#"
+package envoy.authz
+
+import input.attributes.request.http as http_request
+
+default allow := false
+
+allow if {
+    some perm in role_perms[user_roles[user_name][_]]
+    perm.method == http_request.method
+    perm.path == http_request.path
+}
+
+user_name := parsed if {
+    [_, encoded] := split(http_request.headers.authorization, " ")
+    [parsed, _] := split(base64url.decode(encoded), ":")
+}
+
+user_roles := data.user_roles
+role_perms := data.role_perms
+"#;
+
+const ROLES_DATA: &str = r#"{
+  "user_roles": {"alice": ["guest"], "bob": ["admin"]},
+  "role_perms": {
+    "guest": [{"method": "GET", "path": "/productpage"}],
+    "admin": [{"method": "GET", "path": "/productpage"}, {"method": "GET", "path": "/api/v1/products"}]
+  }
+}"#;
+
+/// (method, path, authorization, allowed) for both Basic-auth policies.
+const BASIC_AUTH_CASES: [(&str, &str, &str, bool); 5] = [
+    ("GET", "/productpage", ALICE, true),
+    ("GET", "/api/v1/products", ALICE, false),
+    ("GET", "/api/v1/products", BOB, true),
+    ("DELETE", "/api/v1/products", BOB, false),
+    ("GET", "/productpage", "Bearer nonsense", false),
+];
+
+#[tokio::test]
+async fn v0_boolean_policy() {
+    let arbiter = TestArbiter::start(
+        &[("policy.rego", V0_BASIC_AUTH)],
+        "[policy]\nrego_version = \"v0\"",
+    )
+    .await;
+    for (method, path, auth, want) in BASIC_AUTH_CASES {
+        let response = arbiter
+            .check_json(&documented_request(method, path, auth))
+            .await;
+        assert_eq!(is_allowed(&response), want, "{method} {path} {auth}");
+        if !want {
+            // A boolean false carries no policy headers, body or status beyond the default.
+            let denied = denied_response(&response);
+            assert_eq!(denied.status.as_ref().unwrap().code, 403);
+            assert!(denied.body.is_empty());
+        }
+    }
+    arbiter.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn v1_boolean_policy_with_data_document() {
+    let arbiter = TestArbiter::start(
+        &[("policy.rego", V1_BASIC_AUTH), ("data.json", ROLES_DATA)],
+        "",
+    )
+    .await;
+    for (method, path, auth, want) in BASIC_AUTH_CASES {
+        let response = arbiter
+            .check_json(&documented_request(method, path, auth))
+            .await;
+        assert_eq!(is_allowed(&response), want, "{method} {path} {auth}");
+    }
+    arbiter.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn v0_policy_is_rejected_without_the_v0_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/policy.rego"), V0_BASIC_AUTH).unwrap();
+    let config = arbiter::Config::from_toml(
+        &test_config_toml(""),
+        std::path::Path::new("t.toml"),
+        dir.path(),
+    )
+    .unwrap();
+    let err = arbiter::start(&config)
+        .await
+        .err()
+        .expect("v0 syntax needs rego_version = \"v0\"");
+    assert!(err.to_string().contains("policy.rego:"), "{err}");
+}
+
+/// The plugin's documented object result: headers, removal, status and body,
+/// read from a decision path other than the default.
+const V1_OBJECT_RESULT: &str = r#"
+package envoy.authz
+
+import input.attributes.request.http as http_request
+
+default allow := false
+
+allow if {
+    http_request.method == "GET"
+    input.parsed_path[0] == "health"
+}
+
+allow if {
+    http_request.method == "GET"
+    input.parsed_path == ["api", "v1", "products"]
+    input.parsed_query.lang == ["en"]
+}
+
+headers["x-ext-auth-allow"] := "yes"
+headers["x-validated-by"] := "security-checkpoint"
+
+request_headers_to_remove := ["one-auth-header", "another-auth-header"]
+
+response_headers_to_add["x-foo"] := "bar"
+
+default status_code := 403
+
+status_code := 200 if allow
+
+status_code := 401 if {
+    not allow
+    not http_request.headers.authorization
+}
+
+body := "Authentication Failed" if status_code == 401
+
+body := "Unauthorized Request" if status_code == 403
+
+result["allowed"] := allow
+result["headers"] := headers
+result["response_headers_to_add"] := response_headers_to_add
+result["request_headers_to_remove"] := request_headers_to_remove
+result["body"] := body if not allow
+result["http_status"] := status_code
+"#;
+
+#[tokio::test]
+async fn object_result_at_a_custom_decision_path() {
+    let arbiter = TestArbiter::start(
+        &[("policy.rego", V1_OBJECT_RESULT)],
+        "[policy]\ndecision = \"envoy/authz/result\"",
+    )
+    .await;
+
+    let response = arbiter
+        .check_json(&documented_request("GET", "/health", ALICE))
+        .await;
+    assert!(is_allowed(&response));
+    let ok = ok_response(&response);
+    assert_eq!(header_values(&ok.headers, "x-ext-auth-allow"), vec!["yes"]);
+    assert_eq!(
+        header_values(&ok.headers, "x-validated-by"),
+        vec!["security-checkpoint"]
+    );
+    assert_eq!(
+        ok.headers_to_remove,
+        vec!["one-auth-header", "another-auth-header"]
+    );
+    assert_eq!(
+        header_values(&ok.response_headers_to_add, "x-foo"),
+        vec!["bar"]
+    );
+
+    let response = arbiter
+        .check_json(&documented_request(
+            "GET",
+            "/api/v1/products?lang=en",
+            ALICE,
+        ))
+        .await;
+    assert!(is_allowed(&response));
+    let response = arbiter
+        .check_json(&documented_request(
+            "GET",
+            "/api/v1/products?lang=fr",
+            ALICE,
+        ))
+        .await;
+    assert!(!is_allowed(&response));
+
+    let response = arbiter
+        .check_json(&documented_request("POST", "/health", ALICE))
+        .await;
+    let denied = denied_response(&response);
+    assert_eq!(denied.status.as_ref().unwrap().code, 403);
+    assert_eq!(denied.body, "Unauthorized Request");
+    assert_eq!(
+        header_values(&denied.headers, "x-ext-auth-allow"),
+        vec!["yes"]
+    );
+
+    let mut anonymous: serde_json::Value =
+        serde_json::from_str(&documented_request("POST", "/health", "")).unwrap();
+    anonymous["attributes"]["request"]["http"]["headers"]
+        .as_object_mut()
+        .unwrap()
+        .remove("authorization");
+    let response = arbiter.check_json(&anonymous.to_string()).await;
+    let denied = denied_response(&response);
+    assert_eq!(denied.status.as_ref().unwrap().code, 401);
+    assert_eq!(denied.body, "Authentication Failed");
+    arbiter.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn v0_object_result_and_parsed_body() {
+    let policy = r#"
+package envoy.authz
+
+default allow = {"allowed": false, "http_status": 400, "body": "bad request"}
+
+allow = response {
+    input.attributes.request.http.method == "POST"
+    input.parsed_body.firstname == "Charlie"
+    not input.truncated_body
+    response := {
+        "allowed": true,
+        "headers": {"x-firstname": input.parsed_body.firstname},
+    }
+}
+"#;
+    let arbiter = TestArbiter::start(
+        &[("policy.rego", policy)],
+        "[policy]\nrego_version = \"v0\"",
+    )
+    .await;
+    let charlie = http_request(
+        "POST",
+        "/people",
+        &[("content-type", "application/json")],
+        r#"{"firstname": "Charlie", "lastname": "Opa"}"#,
+    );
+    let response = arbiter.check_json(&charlie).await;
+    assert!(is_allowed(&response));
+    assert_eq!(
+        header_values(&ok_response(&response).headers, "x-firstname"),
+        vec!["Charlie"]
+    );
+
+    let truncated = http_request(
+        "POST",
+        "/people",
+        &[
+            ("content-type", "application/json"),
+            ("content-length", "500"),
+        ],
+        r#"{"firstname": "Charlie"}"#,
+    );
+    let response = arbiter.check_json(&truncated).await;
+    let denied = denied_response(&response);
+    assert_eq!(denied.status.as_ref().unwrap().code, 400);
+    assert_eq!(denied.body, "bad request");
+
+    let form = http_request(
+        "POST",
+        "/people",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "firstname=Charlie",
+    );
+    assert!(
+        !is_allowed(&arbiter.check_json(&form).await),
+        "form values are arrays, as in OPA"
+    );
+    arbiter.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_input_document_matches_the_plugin_field_for_field() {
+    // A policy that hands the whole input back as dynamic metadata shows
+    // exactly what the policy saw.
+    let policy = r#"
+package envoy.authz
+allow := {"allowed": true, "dynamic_metadata": {"input": input}}
+"#;
+    let arbiter = TestArbiter::start(&[("policy.rego", policy)], "").await;
+    let response = arbiter
+        .check_json(&documented_request(
+            "GET",
+            "/api/v1/products?lang=en&lang=de&q=a+b",
+            ALICE,
+        ))
+        .await;
+    let metadata = serde_json::to_value(response.dynamic_metadata.unwrap()).unwrap();
+    let input = &metadata["input"];
+    assert_eq!(
+        input["parsed_path"],
+        serde_json::json!(["api", "v1", "products"])
+    );
+    assert_eq!(
+        input["parsed_query"],
+        serde_json::json!({"lang": ["en", "de"], "q": ["a b"]})
+    );
+    assert_eq!(input["parsed_body"], serde_json::Value::Null);
+    assert_eq!(input["truncated_body"], false);
+    assert_eq!(
+        input["version"],
+        serde_json::json!({"ext_authz": "v3", "encoding": "protojson"})
+    );
+    assert_eq!(
+        input["attributes"]["source"]["address"]["socketAddress"]["address"],
+        "172.17.0.10"
+    );
+    assert_eq!(
+        input["attributes"]["source"]["address"]["socketAddress"]["portValue"],
+        36472.0
+    );
+    assert_eq!(
+        input["attributes"]["request"]["http"]["headers"][":authority"],
+        "192.168.99.100:31380"
+    );
+    assert_eq!(
+        input["attributes"]["request"]["http"]["id"],
+        "13359530607844510314"
+    );
+    assert!(
+        input["attributes"]["request"]["http"].get("size").is_none(),
+        "empty fields are left out"
+    );
+    arbiter.running.shutdown().await;
+}
