@@ -225,16 +225,26 @@ fn deny(
 /// The first value of a name replaces whatever the client sent under that
 /// name; further values of the same name are appended. The upstream thus
 /// sees exactly the values the policy set, never a client's spoofed one.
+///
+/// Envoy's ext_authz filter reads `append_action` only when it is not the
+/// default (`APPEND_IF_EXISTS_OR_ADD`) and otherwise falls back to the
+/// deprecated `append` flag, so appends are asked for with `append: true`.
 fn header_options(headers: &HeaderList) -> Vec<HeaderValueOption> {
     let mut seen: Vec<&str> = Vec::new();
     headers
         .iter()
         .map(|(key, value)| {
-            let action = if seen.contains(&key.as_str()) {
-                header_value_option::HeaderAppendAction::AppendIfExistsOrAdd
+            let (append, action) = if seen.contains(&key.as_str()) {
+                (
+                    Some(pbjson_types::BoolValue { value: true }),
+                    header_value_option::HeaderAppendAction::AppendIfExistsOrAdd,
+                )
             } else {
                 seen.push(key);
-                header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd
+                (
+                    None,
+                    header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd,
+                )
             };
             HeaderValueOption {
                 header: Some(HeaderValue {
@@ -242,7 +252,7 @@ fn header_options(headers: &HeaderList) -> Vec<HeaderValueOption> {
                     value: value.clone(),
                     raw_value: Vec::new(),
                 }),
-                append: None,
+                append,
                 append_action: action.into(),
                 keep_empty_value: false,
             }
@@ -299,7 +309,12 @@ fn to_proto_value(value: &Value) -> pbjson_types::Value {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests")]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests"
+)]
 mod tests {
     use super::*;
 
@@ -348,9 +363,10 @@ mod tests {
             ok.headers[0].append_action,
             i32::from(header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd)
         );
+        assert_eq!(ok.headers[0].append, None);
         assert_eq!(
-            ok.headers[1].append_action,
-            i32::from(header_value_option::HeaderAppendAction::AppendIfExistsOrAdd)
+            ok.headers[1].append,
+            Some(pbjson_types::BoolValue { value: true })
         );
         assert_eq!(ok.headers_to_remove, vec!["authorization"]);
         let meta = d.response.dynamic_metadata.unwrap();

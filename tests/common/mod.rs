@@ -9,6 +9,8 @@
     clippy::indexing_slicing
 )]
 
+pub mod envoy;
+
 use std::path::Path;
 
 use arbiter::proto::auth::authorization_client::AuthorizationClient;

@@ -1,0 +1,193 @@
+//! End to end through a real Envoy: Envoy's ext_authz filter asks Arbiter,
+//! and an echo upstream shows what got through.
+//!
+//! Skipped (with a message) when Envoy is not installed, unless
+//! `REQUIRE_ENVOY=1`, as `.ci/run` sets after installing it.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use common::TestArbiter;
+use common::envoy::{Echo, Envoy, Upstream, envoy_binary};
+
+const POLICY: &str = r#"
+package envoy.authz
+
+import input.attributes.request.http
+
+default allow := {
+  "allowed": false,
+  "http_status": 401,
+  "body": "{\"error\": \"unauthenticated\"}",
+  "headers": {"www-authenticate": "Bearer realm=\"shop\"", "content-type": "application/json"},
+  "reason": "no_credentials",
+}
+
+# The credential here is a fixed string; identity verification is the
+# identity module's work, not this test's.
+allow := {
+  "allowed": true,
+  "headers": {"x-user": "alice", "x-roles": ["reader", "writer"]},
+  "request_headers_to_remove": ["authorization"],
+  "response_headers_to_add": {"x-decided-by": "arbiter"},
+  "query_parameters_to_set": {"tenant": "acme"},
+  "query_parameters_to_remove": ["debug"],
+} if {
+  http.headers.authorization == "Bearer alice-token"
+  not input.parsed_body.item == "gun"
+}
+
+allow := {"allowed": false, "http_status": 403, "body": "no guns", "reason": "forbidden_item"} if {
+  http.headers.authorization == "Bearer alice-token"
+  input.parsed_body.item == "gun"
+}
+"#;
+
+struct Stack {
+    arbiter: TestArbiter,
+    upstream: Upstream,
+    envoy: Envoy,
+    http: reqwest::Client,
+}
+
+async fn stack() -> Option<Stack> {
+    let binary = envoy_binary()?;
+    let arbiter = TestArbiter::start(&[("authz.rego", POLICY)], "").await;
+    let upstream = Upstream::start().await;
+    let envoy = Envoy::start(&binary, arbiter.running.grpc_addr, upstream.addr).await;
+    Some(Stack {
+        arbiter,
+        upstream,
+        envoy,
+        http: reqwest::Client::new(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_request_reaches_upstream_with_the_policys_headers() {
+    let Some(s) = stack().await else { return };
+    let response = s
+        .http
+        .get(s.envoy.url("/api/items?debug=1&page=2"))
+        .header("authorization", "Bearer alice-token")
+        .header("x-user", "mallory")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-decided-by"], "arbiter");
+    let echo: Echo = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(
+        echo.headers["x-user"],
+        vec!["alice"],
+        "the client's x-user must be replaced, not appended to"
+    );
+    let roles: Vec<&str> = echo.headers["x-roles"]
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    assert_eq!(roles, vec!["reader", "writer"]);
+    assert!(
+        !echo.headers.contains_key("authorization"),
+        "removed header reached upstream"
+    );
+    assert!(echo.uri.contains("tenant=acme"), "{}", echo.uri);
+    assert!(echo.uri.contains("page=2"), "{}", echo.uri);
+    assert!(!echo.uri.contains("debug"), "{}", echo.uri);
+    assert_eq!(s.upstream.hits.load(Ordering::SeqCst), 1);
+    s.arbiter.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_request_gets_the_policys_status_body_and_headers() {
+    let Some(s) = stack().await else { return };
+    let response = s.http.get(s.envoy.url("/api/items")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        "Bearer realm=\"shop\""
+    );
+    assert_eq!(response.headers()["x-arbiter-reason"], "no_credentials");
+    assert_eq!(
+        response.text().await.unwrap(),
+        "{\"error\": \"unauthenticated\"}"
+    );
+    assert_eq!(
+        s.upstream.hits.load(Ordering::SeqCst),
+        0,
+        "a denied request reached upstream"
+    );
+    s.arbiter.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_sees_the_request_body() {
+    let Some(s) = stack().await else { return };
+    let post = |item: &str| {
+        s.http
+            .post(s.envoy.url("/api/orders"))
+            .header("authorization", "Bearer alice-token")
+            .header("content-type", "application/json")
+            .body(format!("{{\"item\": \"{item}\"}}"))
+            .send()
+    };
+    let denied = post("gun").await.unwrap();
+    assert_eq!(denied.status(), 403);
+    assert_eq!(denied.headers()["x-arbiter-reason"], "forbidden_item");
+    assert_eq!(denied.text().await.unwrap(), "no guns");
+    let allowed = post("book").await.unwrap();
+    assert_eq!(allowed.status(), 200);
+    let echo: Echo = serde_json::from_str(&allowed.text().await.unwrap()).unwrap();
+    assert_eq!(echo.body, "{\"item\": \"book\"}");
+    assert_eq!(s.upstream.hits.load(Ordering::SeqCst), 1);
+    s.arbiter.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_arbiter_stopped_envoy_denies() {
+    let Some(s) = stack().await else { return };
+    let before = s
+        .http
+        .get(s.envoy.url("/api/items"))
+        .header("authorization", "Bearer alice-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(before.status(), 200);
+    s.arbiter.running.shutdown().await;
+    for _ in 0..5 {
+        let after = s
+            .http
+            .get(s.envoy.url("/api/items"))
+            .header("authorization", "Bearer alice-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            after.status(),
+            503,
+            "with Arbiter gone Envoy must fail closed"
+        );
+    }
+    assert_eq!(
+        s.upstream.hits.load(Ordering::SeqCst),
+        1,
+        "only the request made before the stop got through"
+    );
+    assert!(
+        s.envoy
+            .stat("http.ingress.ext_authz.error")
+            .await
+            .unwrap_or(0)
+            >= 5
+    );
+}
