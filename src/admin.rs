@@ -39,10 +39,24 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let ready = shared.readiness.is_ready();
+    let ready = shared.is_ready();
+    let providers: serde_json::Map<String, serde_json::Value> = shared
+        .authenticator
+        .key_stores()
+        .map(|(name, store)| {
+            (
+                name.to_owned(),
+                serde_json::json!({
+                    "keys_loaded": store.has_keys(),
+                    "key_age_seconds": store.key_age().map(|a| a.as_secs()),
+                }),
+            )
+        })
+        .collect();
     let body = serde_json::json!({
         "ready": ready,
         "policy_revision": shared.policies.load().revision().to_string(),
+        "identity_providers": providers,
     });
     let status = if ready {
         StatusCode::OK

@@ -34,6 +34,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub decision: DecisionConfig,
     pub log: LogConfig,
+    pub identity: IdentityConfig,
 }
 
 /// The gRPC listener that Envoy calls.
@@ -133,6 +134,137 @@ impl Default for DecisionConfig {
         }
     }
 }
+
+/// Verified identity: JWT providers and the verified-token cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Tokens longer than this are rejected before any parsing.
+    pub max_token_bytes: usize,
+    /// Verified tokens kept, so a repeated token costs a lookup, not a signature check.
+    pub token_cache_size: usize,
+    /// How long start-up waits for every provider's first key fetch before
+    /// serving (not ready, and denying their tokens, until the keys arrive).
+    #[serde(with = "humantime_serde")]
+    pub startup_grace: Duration,
+    pub jwt: Vec<JwtProviderConfig>,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            max_token_bytes: 8 * 1024,
+            token_cache_size: 10_000,
+            startup_grace: Duration::from_secs(10),
+            jwt: Vec::new(),
+        }
+    }
+}
+
+/// Where a provider's token is read from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum TokenLocation {
+    /// A header; `prefix` (e.g. `Bearer `, matched case-insensitively) is stripped.
+    Header { name: String, prefix: Option<String> },
+    /// A cookie by name.
+    Cookie { name: String },
+}
+
+impl Default for TokenLocation {
+    fn default() -> Self {
+        Self::Header {
+            name: "authorization".into(),
+            prefix: Some("Bearer ".into()),
+        }
+    }
+}
+
+/// What happens to a request whose token is present but invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnInvalidToken {
+    /// 401 with `WWW-Authenticate: Bearer error="invalid_token"`; the policy is not asked.
+    #[default]
+    Deny,
+    /// The policy decides, seeing `identity: null` and `identity_error`.
+    PassToPolicy,
+}
+
+/// One JWT issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtProviderConfig {
+    pub name: String,
+    /// Must equal the token's `iss`; also how a token finds its provider.
+    pub issuer: String,
+    /// The token's `aud` must name one of these.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Accept tokens for any audience. Off by default; logged loudly when on.
+    #[serde(default)]
+    pub skip_audience_check: bool,
+    /// Keys from a JWKS URL...
+    pub jwks_uri: Option<String>,
+    /// ...or a JWKS file...
+    pub jwks_file: Option<PathBuf>,
+    /// ...or OIDC discovery at `issuer` + `/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub discovery: bool,
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Longest accepted lifetime (`exp - iat`, or `exp - now` without `iat`).
+    #[serde(default, with = "humantime_serde")]
+    pub max_lifetime: Option<Duration>,
+    #[serde(default)]
+    pub from: TokenLocation,
+    #[serde(default)]
+    pub on_invalid: OnInvalidToken,
+    /// Key refresh: `Cache-Control: max-age` is honoured within these bounds;
+    /// without it, `refresh_max` is used.
+    #[serde(default = "default_refresh_min", with = "humantime_serde")]
+    pub refresh_min: Duration,
+    #[serde(default = "default_refresh_max", with = "humantime_serde")]
+    pub refresh_max: Duration,
+    /// At most one fetch per this interval for tokens naming an unknown `kid`.
+    #[serde(default = "default_kid_miss_interval", with = "humantime_serde")]
+    pub kid_miss_min_interval: Duration,
+    /// While the IdP is unreachable, the last good keys serve this long; then its tokens are denied.
+    #[serde(default = "default_max_staleness", with = "humantime_serde")]
+    pub max_staleness: Duration,
+    #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into()]
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_refresh_min() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_refresh_max() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_kid_miss_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_staleness() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_fetch_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Algorithms a provider may allow. HMAC is never one: a shared secret is
+/// not an identity provider's key, and allowing it invites algorithm confusion.
+pub const ASYMMETRIC_ALGORITHMS: [&str; 9] = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
 
 /// Log output.
 #[derive(Debug, Clone, Deserialize)]
@@ -241,6 +373,62 @@ impl<'de> Deserialize<'de> for DecisionPath {
 }
 
 impl Config {
+    fn validate_identity(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        let mut issuers = std::collections::HashSet::new();
+        for (i, p) in self.identity.jwt.iter().enumerate() {
+            let invalid = |key: &str, message: String| ConfigError::Invalid {
+                path: format!("identity.jwt[{i}].{key} ({})", p.name),
+                message,
+            };
+            if p.name.is_empty() || !names.insert(p.name.clone()) {
+                return Err(invalid("name", "must be present and unique".into()));
+            }
+            if p.issuer.is_empty() || !issuers.insert(p.issuer.clone()) {
+                return Err(invalid("issuer", "must be present and unique across providers".into()));
+            }
+            let sources = usize::from(p.jwks_uri.is_some())
+                + usize::from(p.jwks_file.is_some())
+                + usize::from(p.discovery);
+            if sources != 1 {
+                return Err(invalid(
+                    "jwks_uri",
+                    "exactly one of jwks_uri, jwks_file or discovery = true is required".into(),
+                ));
+            }
+            if p.audiences.is_empty() && !p.skip_audience_check {
+                return Err(invalid(
+                    "audiences",
+                    "at least one audience is required (or skip_audience_check = true)".into(),
+                ));
+            }
+            if p.algorithms.is_empty() {
+                return Err(invalid("algorithms", "at least one algorithm is required".into()));
+            }
+            for alg in &p.algorithms {
+                if !ASYMMETRIC_ALGORITHMS.contains(&alg.as_str()) {
+                    return Err(invalid(
+                        "algorithms",
+                        format!("{alg:?} is not allowed; use one of {ASYMMETRIC_ALGORITHMS:?}"),
+                    ));
+                }
+            }
+            if p.refresh_min > p.refresh_max || p.refresh_min.is_zero() {
+                return Err(invalid("refresh_min", "must be positive and at most refresh_max".into()));
+            }
+            if p.fetch_timeout.is_zero() {
+                return Err(invalid("fetch_timeout", "must be positive".into()));
+            }
+            let location_empty = match &p.from {
+                TokenLocation::Header { name, .. } | TokenLocation::Cookie { name } => name.is_empty(),
+            };
+            if location_empty {
+                return Err(invalid("from", "the header or cookie name must not be empty".into()));
+            }
+        }
+        Ok(())
+    }
+
     /// Reads and validates a config file. Relative policy paths are resolved
     /// against the file's directory.
     ///
@@ -268,6 +456,16 @@ impl Config {
         for path in &mut config.policy.paths {
             if path.is_relative() {
                 *path = base.join(&*path);
+            }
+        }
+        for provider in &mut config.identity.jwt {
+            if let Some(file) = &mut provider.jwks_file
+                && file.is_relative()
+            {
+                *file = base.join(&*file);
+            }
+            if let TokenLocation::Header { name, .. } = &mut provider.from {
+                *name = name.to_ascii_lowercase();
             }
         }
         config.validate()?;
@@ -299,6 +497,7 @@ impl Config {
                 message: "must be a lower-case header name".into(),
             });
         }
+        self.validate_identity()?;
         if self.server.max_request_bytes < 1024 {
             return Err(ConfigError::Invalid {
                 path: "server.max_request_bytes".into(),
@@ -352,6 +551,30 @@ mod tests {
         assert_eq!(p.to_string(), "my-app/allow");
         assert!("envoy//allow".parse::<DecisionPath>().is_err());
         assert!("".parse::<DecisionPath>().is_err());
+    }
+
+    #[test]
+    fn jwt_providers_are_validated() {
+        let ok = parse(
+            "[[identity.jwt]]\nname = \"corp\"\nissuer = \"https://idp\"\naudiences = [\"api\"]\njwks_file = \"keys.json\"\n",
+        )
+        .unwrap();
+        let p = &ok.identity.jwt[0];
+        assert_eq!(p.jwks_file.as_deref(), Some(Path::new("/etc/arbiter/keys.json")));
+        assert_eq!(p.from, TokenLocation::default());
+        assert_eq!(p.leeway, Duration::from_secs(60));
+        assert_eq!(p.on_invalid, OnInvalidToken::Deny);
+
+        for (bad, key) in [
+            ("name = \"a\"\nissuer = \"i\"\naudiences = [\"x\"]\n", "exactly one"),
+            ("name = \"a\"\nissuer = \"i\"\njwks_file = \"k\"\n", "audience"),
+            ("name = \"a\"\nissuer = \"i\"\naudiences = [\"x\"]\njwks_file = \"k\"\nalgorithms = [\"HS256\"]\n", "HS256"),
+            ("name = \"a\"\nissuer = \"i\"\naudiences = [\"x\"]\njwks_file = \"k\"\nalgorithms = [\"none\"]\n", "none"),
+            ("name = \"a\"\nissuer = \"i\"\naudiences = [\"x\"]\njwks_file = \"k\"\nfrom = { cookie = { name = \"\" } }\n", "cookie"),
+        ] {
+            let err = parse(&format!("[[identity.jwt]]\n{bad}")).unwrap_err().to_string();
+            assert!(err.to_lowercase().contains(&key.to_lowercase()) || err.contains("from"), "{bad}: {err}");
+        }
     }
 
     #[test]

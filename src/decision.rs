@@ -8,6 +8,7 @@
 
 use regorus::Value;
 
+use crate::identity::TokenError;
 use crate::policy::{HeaderList, PolicyError, PolicyOutcome};
 use crate::proto::auth::{
     CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse,
@@ -46,6 +47,8 @@ pub enum DenyReason {
     PolicyError,
     /// Evaluation ran past its time limit.
     Timeout,
+    /// The request's token was rejected before the policy was asked.
+    Token(TokenError),
     /// Something else on the decision path failed.
     Internal,
 }
@@ -60,6 +63,7 @@ impl DenyReason {
             Self::InvalidResult => "invalid_result",
             Self::PolicyError => "policy_error",
             Self::Timeout => "policy_timeout",
+            Self::Token(error) => error.label(),
             Self::Internal => "internal_error",
         }
     }
@@ -166,6 +170,41 @@ pub fn decide(
             response
         }
     };
+    Decision { response, record }
+}
+
+/// A request whose token is invalid, denied before the policy is asked:
+/// 401 with `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750), or
+/// 503 when the provider's keys cannot be had (the token may be fine).
+pub fn reject_token(error: TokenError, options: &DecisionOptions, decision_id: String) -> Decision {
+    let reason = DenyReason::Token(error);
+    let mut record = DecisionRecord {
+        decision_id,
+        allowed: false,
+        deny_reason: Some(reason.clone()),
+        http_status: None,
+        error: None,
+        dry_run: options.dry_run,
+    };
+    if options.dry_run {
+        record.allowed = true;
+        let response = allow(&PolicyOutcome::default(), &record.decision_id);
+        return Decision { response, record };
+    }
+    let (status, headers) = match error {
+        TokenError::KeysUnavailable | TokenError::KeysStale => (503, Vec::new()),
+        _ => (
+            401,
+            vec![(
+                "www-authenticate".to_owned(),
+                "Bearer error=\"invalid_token\"".to_owned(),
+            )],
+        ),
+    };
+    record.http_status = Some(status);
+    let mut outcome = PolicyOutcome::default();
+    outcome.headers = headers;
+    let response = deny(&outcome, &reason, status, options, &record.decision_id);
     Decision { response, record }
 }
 
@@ -459,6 +498,18 @@ mod tests {
             assert_eq!(header(&denied.headers, "x-arbiter-reason"), Some(reason));
             assert!(denied.body.is_empty(), "details stay in the log");
         }
+    }
+
+    #[test]
+    fn invalid_tokens_get_401_with_the_rfc_6750_challenge() {
+        let d = reject_token(TokenError::Expired, &options(), "id".into());
+        assert!(!d.record.allowed);
+        let response = denied(&d.response);
+        assert_eq!(response.status.as_ref().unwrap().code, 401);
+        assert_eq!(header(&response.headers, "www-authenticate"), Some("Bearer error=\"invalid_token\""));
+        assert_eq!(header(&response.headers, "x-arbiter-reason"), Some("token_expired"));
+        let d = reject_token(TokenError::KeysStale, &options(), "id".into());
+        assert_eq!(denied(&d.response).status.as_ref().unwrap().code, 503);
     }
 
     #[test]

@@ -14,13 +14,25 @@ use base64::Engine as _;
 use regorus::Value;
 
 use crate::context::{ParsedBody, RequestContext, query_to_value};
+use crate::identity::Authentication;
 use crate::proto::auth::AttributeContext;
 use crate::proto::auth::attribute_context::{HttpRequest, Peer, Request, TlsSession};
 use crate::proto::core::{Address, HeaderMap, Metadata, address, socket_address};
 
-/// Builds the input document for one request.
-pub fn build(ctx: &RequestContext) -> Value {
+/// Builds the input document for one request: the request, and the
+/// caller's verified identity (`identity`, `null` when there is none; a
+/// rejected token that its provider hands to the policy also sets
+/// `identity_error`).
+pub fn build(ctx: &RequestContext, authentication: &Authentication) -> Value {
     let mut doc = Obj::new();
+    match authentication {
+        Authentication::Verified(token) => doc.insert("identity", token.document().clone()),
+        Authentication::Anonymous => doc.insert("identity", Value::Null),
+        Authentication::Rejected { error, .. } => {
+            doc.insert("identity", Value::Null);
+            doc.insert("identity_error", Value::from(error.label()));
+        }
+    }
     doc.insert("attributes", attributes(&ctx.attributes));
     let segments: Vec<Value> = ctx
         .path
@@ -317,6 +329,10 @@ impl Obj {
 mod tests {
     use super::*;
     use crate::context::ParseOptions;
+
+    fn build(ctx: &RequestContext) -> Value {
+        super::build(ctx, &Authentication::Anonymous)
+    }
     use crate::proto::auth::CheckRequest;
 
     /// A CheckRequest that sets every field Arbiter knows of.
@@ -389,6 +405,7 @@ mod tests {
             doc,
             serde_json::json!({
                 "attributes": {},
+                "identity": null,
                 "parsed_path": [""],
                 "parsed_query": {},
                 "parsed_body": null,

@@ -96,7 +96,7 @@ fn eval(config: Option<&Path>, request: &Path) -> anyhow::Result<ExitCode> {
             skip_body: config.policy.skip_request_body_parse,
         },
     );
-    let input = arbiter::input::build(&ctx);
+    let input = arbiter::input::build(&ctx, &arbiter::identity::Authentication::Anonymous);
     let input_json: serde_json::Value = serde_json::from_str(&input.to_json_str()?)?;
     let outcome = policies.decide(input);
     let options = arbiter::decision::DecisionOptions {

@@ -14,7 +14,9 @@ use tonic::{Request, Response, Status};
 
 use crate::config::Config;
 use crate::context::{ParseOptions, RequestContext, split_target};
+use crate::config::OnInvalidToken;
 use crate::decision::{self, DecisionOptions};
+use crate::identity::{Authentication, Authenticator};
 use crate::policy::{PolicyError, PolicySet};
 use crate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
 use crate::proto::auth::{CheckRequest, CheckResponse};
@@ -26,6 +28,8 @@ use crate::telemetry::{self, Metrics, RequestSummary};
 pub enum StartError {
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -50,6 +54,7 @@ impl Readiness {
 /// State shared by the gRPC service and the admin endpoints.
 pub struct Shared {
     pub policies: ArcSwap<PolicySet>,
+    pub authenticator: Authenticator,
     pub metrics: Metrics,
     pub readiness: Readiness,
     parse_options: ParseOptions,
@@ -57,11 +62,13 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// State for a policy set that has already been loaded.
-    pub fn new(config: &Config, policies: PolicySet) -> Self {
+    /// State for a policy set that has already been loaded. Starts the
+    /// identity providers' key refresh, so it must run inside Tokio.
+    pub fn new(config: &Config, policies: PolicySet, http: &reqwest::Client) -> Self {
         let reason_header = Some(config.decision.reason_header.clone()).filter(|h| !h.is_empty());
         Self {
             policies: ArcSwap::from_pointee(policies),
+            authenticator: Authenticator::start(&config.identity, http),
             metrics: Metrics::default(),
             readiness: Readiness {
                 policies_loaded: AtomicBool::new(true),
@@ -77,21 +84,39 @@ impl Shared {
         }
     }
 
+    /// Whether every part is ready: policies loaded, every provider's keys
+    /// fetched, and not shutting down.
+    pub fn is_ready(&self) -> bool {
+        self.readiness.is_ready() && self.authenticator.is_ready()
+    }
+
     /// Decides one CheckRequest: total, never an error.
-    pub fn check(&self, request: CheckRequest) -> CheckResponse {
+    pub async fn check(&self, request: CheckRequest) -> CheckResponse {
         let started = Instant::now();
         // Taken once: the request finishes on this set even if a reload swaps another in.
         let policies = self.policies.load_full();
         let ctx = RequestContext::from_check(request, self.parse_options);
-        let input = crate::input::build(&ctx);
-        let eval_started = Instant::now();
-        let outcome = policies.decide(input);
-        let eval = eval_started.elapsed();
-        let decision = decision::decide(
-            outcome,
-            &self.decision_options,
-            uuid::Uuid::new_v4().to_string(),
-        );
+        let authentication = self.authenticator.authenticate(&ctx).await;
+        let decision_id = uuid::Uuid::new_v4().to_string();
+        let mut eval = std::time::Duration::ZERO;
+        let mut subject = None;
+        let decision = match &authentication {
+            Authentication::Rejected {
+                error,
+                on_invalid: OnInvalidToken::Deny,
+                ..
+            } => decision::reject_token(*error, &self.decision_options, decision_id),
+            _ => {
+                if let Authentication::Verified(token) = &authentication {
+                    subject = Some(token);
+                }
+                let input = crate::input::build(&ctx, &authentication);
+                let eval_started = Instant::now();
+                let outcome = policies.decide(input);
+                eval = eval_started.elapsed();
+                decision::decide(outcome, &self.decision_options, decision_id)
+            }
+        };
         let total = started.elapsed();
         self.metrics.record_decision(&decision.record, total, eval);
         let revision = policies.revision().to_string();
@@ -111,6 +136,12 @@ impl Shared {
             path: http.map(|h| split_target(&h.path).0).unwrap_or_default(),
             source_address,
             source_principal: source.map(|s| s.principal.as_str()).unwrap_or_default(),
+            subject: subject.and_then(|t| t.subject.as_deref()).unwrap_or_default(),
+            provider: match &authentication {
+                Authentication::Verified(t) => t.provider.as_str(),
+                Authentication::Rejected { provider, .. } => provider.as_deref().unwrap_or_default(),
+                Authentication::Anonymous => "",
+            },
         };
         telemetry::log_decision(&decision.record, &summary, eval, total);
         decision.response
@@ -129,7 +160,7 @@ impl Authorization for CheckService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        Ok(Response::new(self.shared.check(request.into_inner())))
+        Ok(Response::new(self.shared.check(request.into_inner()).await))
     }
 }
 
@@ -152,12 +183,7 @@ impl Running {
             .readiness
             .shutting_down
             .store(true, Ordering::Release);
-        self.health
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
-        self.health
-            .set_not_serving::<AuthorizationServer<CheckService>>()
-            .await;
+        publish_health(&self.health, false).await;
         let _ = self.shutdown.send(true);
         match self.grpc_task.await {
             Ok(Err(e)) => tracing::error!(error = %e, "gRPC server failed"),
@@ -184,7 +210,18 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         decision = %config.policy.decision,
         "policies loaded"
     );
-    let shared = Arc::new(Shared::new(config, policies));
+    let http = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .user_agent(concat!("arbiter/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| StartError::Http(e.to_string()))?;
+    let shared = Arc::new(Shared::new(config, policies, &http));
+    if !shared.authenticator.wait_ready(config.identity.startup_grace).await {
+        tracing::warn!(
+            grace = ?config.identity.startup_grace,
+            "not every identity provider's keys could be fetched; serving, but not ready, and denying their tokens until they arrive"
+        );
+    }
 
     let grpc_listener = bind("gRPC", config.server.grpc_addr).await?;
     let admin_listener = bind("admin", config.admin.addr).await?;
@@ -192,14 +229,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let admin_addr = local_addr("admin", config.admin.addr, &admin_listener)?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<AuthorizationServer<CheckService>>()
-        .await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
-
     let (shutdown, shutdown_rx) = watch::channel(false);
+    publish_health(&health, shared.is_ready()).await;
+    tokio::spawn(track_health(
+        health.clone(),
+        Arc::clone(&shared),
+        shutdown_rx.clone(),
+    ));
     let service = AuthorizationServer::new(CheckService {
         shared: Arc::clone(&shared),
     })
@@ -231,6 +267,43 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         grpc_task,
         admin_task,
     })
+}
+
+async fn publish_health(health: &tonic_health::server::HealthReporter, ready: bool) {
+    let status = if ready {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(
+            <AuthorizationServer<CheckService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+}
+
+/// Keeps the gRPC health service in step with readiness (keys arriving or
+/// going stale) until shutdown.
+async fn track_health(
+    health: tonic_health::server::HealthReporter,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut last = shared.is_ready();
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+        }
+        let now = shared.is_ready();
+        if now != last {
+            tracing::info!(ready = now, "readiness changed");
+            publish_health(&health, now).await;
+            last = now;
+        }
+    }
 }
 
 /// Starts Arbiter and serves until SIGTERM or Ctrl-C, then shuts down gracefully.

@@ -38,6 +38,8 @@ pub struct RequestSummary<'a> {
     pub path: &'a str,
     pub source_address: &'a str,
     pub source_principal: &'a str,
+    pub subject: &'a str,
+    pub provider: &'a str,
 }
 
 /// Writes one decision log line (target `arbiter::decision`). No header,
@@ -67,6 +69,8 @@ pub fn log_decision(
         path = request.path,
         source_address = request.source_address,
         source_principal = request.source_principal,
+        subject = request.subject,
+        provider = request.provider,
         error = record.error.as_deref().unwrap_or(""),
         eval_us = u64::try_from(eval.as_micros()).unwrap_or(u64::MAX),
         total_us = u64::try_from(total.as_micros()).unwrap_or(u64::MAX),
@@ -191,6 +195,27 @@ impl Metrics {
         let _ = writeln!(out, "arbiter_ready {}", u8::from(ready));
         out
     }
+}
+
+/// JWKS fetches, failures and key age per provider, and the token cache size.
+pub fn render_identity(out: &mut String, authenticator: &crate::identity::Authenticator) {
+    use std::sync::atomic::Ordering::Relaxed;
+    out.push_str("# HELP arbiter_jwks_fetches_total JWKS fetches, by provider.\n# TYPE arbiter_jwks_fetches_total counter\n");
+    for (name, store) in authenticator.key_stores() {
+        let _ = writeln!(out, "arbiter_jwks_fetches_total{{provider=\"{}\"}} {}", escape_label(name), store.stats.fetches.load(Relaxed));
+    }
+    out.push_str("# HELP arbiter_jwks_fetch_failures_total Failed JWKS fetches, by provider.\n# TYPE arbiter_jwks_fetch_failures_total counter\n");
+    for (name, store) in authenticator.key_stores() {
+        let _ = writeln!(out, "arbiter_jwks_fetch_failures_total{{provider=\"{}\"}} {}", escape_label(name), store.stats.failures.load(Relaxed));
+    }
+    out.push_str("# HELP arbiter_jwks_key_age_seconds Age of the keys in use, by provider.\n# TYPE arbiter_jwks_key_age_seconds gauge\n");
+    for (name, store) in authenticator.key_stores() {
+        if let Some(age) = store.key_age() {
+            let _ = writeln!(out, "arbiter_jwks_key_age_seconds{{provider=\"{}\"}} {}", escape_label(name), age.as_secs_f64());
+        }
+    }
+    out.push_str("# HELP arbiter_token_cache_entries Verified tokens cached.\n# TYPE arbiter_token_cache_entries gauge\n");
+    let _ = writeln!(out, "arbiter_token_cache_entries {}", authenticator.token_cache_len());
 }
 
 fn escape_label(value: &str) -> String {

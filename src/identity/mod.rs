@@ -1,0 +1,216 @@
+//! Verified identity: the caller's bearer JWT, checked by Arbiter itself
+//! against its provider's keys, before the policy sees any claim.
+//!
+//! A [`VerifiedToken`] can only be built here, after the signature, the
+//! algorithm (on the provider's allow-list and fitting the key), `iss`,
+//! `aud`, `exp`, `nbf` and the lifetime limit have been checked. The input
+//! document accepts nothing else as an identity.
+
+pub mod jwks;
+mod token;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{IdentityConfig, JwtProviderConfig, OnInvalidToken, TokenLocation};
+use crate::context::RequestContext;
+
+pub use jwks::{JwksError, KeySet, KeyStore};
+pub use token::{TokenError, VerifiedToken, verify_with_keys};
+
+/// What the request's credentials came to.
+#[derive(Debug, Clone)]
+pub enum Authentication {
+    /// No token at any configured location.
+    Anonymous,
+    Verified(Arc<VerifiedToken>),
+    /// A token was present and is not valid.
+    Rejected {
+        provider: Option<String>,
+        error: TokenError,
+        on_invalid: OnInvalidToken,
+    },
+}
+
+/// One configured provider and its keys.
+struct Provider {
+    config: JwtProviderConfig,
+    keys: Arc<KeyStore>,
+}
+
+/// Verifies tokens for every configured provider.
+pub struct Authenticator {
+    providers: Vec<Provider>,
+    cache: quick_cache::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
+    max_token_bytes: usize,
+    refreshers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Authenticator {
+    fn drop(&mut self) {
+        for task in &self.refreshers {
+            task.abort();
+        }
+    }
+}
+
+impl Authenticator {
+    /// Sets up every provider and starts its background key refresh. Must be
+    /// called inside a Tokio runtime.
+    pub fn start(config: &IdentityConfig, http: &reqwest::Client) -> Self {
+        let mut providers = Vec::new();
+        let mut refreshers = Vec::new();
+        for provider in &config.jwt {
+            if provider.skip_audience_check {
+                tracing::warn!(provider = %provider.name, "audience check is OFF for this provider: tokens for any audience are accepted");
+            }
+            let keys = Arc::new(KeyStore::new(provider, http.clone()));
+            refreshers.push(keys.spawn_refresher());
+            providers.push(Provider {
+                config: provider.clone(),
+                keys,
+            });
+        }
+        Self {
+            providers,
+            cache: quick_cache::sync::Cache::new(config.token_cache_size.max(1)),
+            max_token_bytes: config.max_token_bytes,
+            refreshers,
+        }
+    }
+
+    /// Whether every provider has usable keys.
+    pub fn is_ready(&self) -> bool {
+        self.providers.iter().all(|p| p.keys.has_keys())
+    }
+
+    /// Waits until every provider has keys, or `grace` has passed.
+    pub async fn wait_ready(&self, grace: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            if self.is_ready() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Per-provider key stores, for metrics.
+    pub fn key_stores(&self) -> impl Iterator<Item = (&str, &KeyStore)> {
+        self.providers.iter().map(|p| (p.config.name.as_str(), p.keys.as_ref()))
+    }
+
+    pub fn token_cache_len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Finds the request's token and verifies it.
+    pub async fn authenticate(&self, ctx: &RequestContext) -> Authentication {
+        if self.providers.is_empty() {
+            return Authentication::Anonymous;
+        }
+        // Each distinct location once; the token's `iss` picks the provider.
+        let mut tried: Vec<&TokenLocation> = Vec::new();
+        for provider in &self.providers {
+            if tried.contains(&&provider.config.from) {
+                continue;
+            }
+            tried.push(&provider.config.from);
+            let Some(raw) = extract(ctx, &provider.config.from) else {
+                continue;
+            };
+            return self.verify(raw, &provider.config.from).await;
+        }
+        Authentication::Anonymous
+    }
+
+    async fn verify(&self, raw: &str, location: &TokenLocation) -> Authentication {
+        let reject = |provider: Option<&Provider>, error: TokenError| Authentication::Rejected {
+            provider: provider.map(|p| p.config.name.clone()),
+            on_invalid: provider.map_or(OnInvalidToken::Deny, |p| p.config.on_invalid),
+            error,
+        };
+        if raw.len() > self.max_token_bytes {
+            return reject(None, TokenError::TooLarge);
+        }
+        let cache_key = token::cache_key(raw);
+        let now = token::now();
+        if let Some(hit) = self.cache.get(&cache_key) {
+            let provider = self.providers.iter().find(|p| p.config.name == hit.provider);
+            // A cached token is still checked for time, and against the
+            // current keys: a key the IdP withdrew no longer vouches for it.
+            let still_keyed = provider
+                .and_then(|p| p.keys.keys().ok())
+                .is_some_and(|set| set.has_kid(hit.kid.as_deref()));
+            if let Some(provider) = provider
+                && still_keyed
+            {
+                return match hit.check_time(now, provider.config.leeway) {
+                    Ok(()) => Authentication::Verified(hit),
+                    Err(e) => reject(Some(provider), e),
+                };
+            }
+            self.cache.remove(&cache_key);
+        }
+        let unverified = match token::peek(raw) {
+            Ok(u) => u,
+            Err(e) => return reject(None, e),
+        };
+        let Some(provider) = self
+            .providers
+            .iter()
+            .find(|p| p.config.issuer == unverified.issuer && p.config.from == *location)
+        else {
+            return reject(None, TokenError::UnknownIssuer);
+        };
+        let keys = match provider.keys.keys() {
+            Ok(keys) => keys,
+            Err(jwks::KeysUnavailable::NotFetched) => return reject(Some(provider), TokenError::KeysUnavailable),
+            Err(jwks::KeysUnavailable::Stale) => return reject(Some(provider), TokenError::KeysStale),
+        };
+        let mut result = verify_with_keys(raw, &unverified, &provider.config, &keys, now);
+        if matches!(result, Err(TokenError::UnknownKid)) {
+            if let Some(fresh) = provider.keys.refresh_for_unknown_kid(Some(keys.generation)).await {
+                result = verify_with_keys(raw, &unverified, &provider.config, &fresh, token::now());
+            }
+        }
+        match result {
+            Ok(verified) => {
+                let verified = Arc::new(verified);
+                self.cache.insert(cache_key, Arc::clone(&verified));
+                Authentication::Verified(verified)
+            }
+            Err(e) => reject(Some(provider), e),
+        }
+    }
+}
+
+/// The raw token at a location, if the request carries one there.
+fn extract<'a>(ctx: &'a RequestContext, location: &TokenLocation) -> Option<&'a str> {
+    match location {
+        TokenLocation::Header { name, prefix } => {
+            let value = ctx.header(name)?.trim();
+            let token = match prefix {
+                Some(prefix) => {
+                    let head = value.get(..prefix.len())?;
+                    if !head.eq_ignore_ascii_case(prefix) {
+                        return None;
+                    }
+                    value.get(prefix.len()..)?.trim()
+                }
+                None => value,
+            };
+            Some(token).filter(|t| !t.is_empty())
+        }
+        TokenLocation::Cookie { name } => ctx
+            .header("cookie")?
+            .split(';')
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.trim().trim_matches('"'))
+            .filter(|t| !t.is_empty()),
+    }
+}
