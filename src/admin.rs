@@ -72,9 +72,8 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let revision = shared.policies.load().revision().to_string();
-    let text = shared
-        .metrics
-        .render(&revision, shared.readiness.is_ready());
+    let mut text = shared.metrics.render(&revision, shared.is_ready());
+    crate::telemetry::render_identity(&mut text, &shared.authenticator);
     (
         [(
             header::CONTENT_TYPE,

@@ -166,7 +166,10 @@ impl Default for IdentityConfig {
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum TokenLocation {
     /// A header; `prefix` (e.g. `Bearer `, matched case-insensitively) is stripped.
-    Header { name: String, prefix: Option<String> },
+    Header {
+        name: String,
+        prefix: Option<String>,
+    },
     /// A cookie by name.
     Cookie { name: String },
 }
@@ -385,7 +388,10 @@ impl Config {
                 return Err(invalid("name", "must be present and unique".into()));
             }
             if p.issuer.is_empty() || !issuers.insert(p.issuer.clone()) {
-                return Err(invalid("issuer", "must be present and unique across providers".into()));
+                return Err(invalid(
+                    "issuer",
+                    "must be present and unique across providers".into(),
+                ));
             }
             let sources = usize::from(p.jwks_uri.is_some())
                 + usize::from(p.jwks_file.is_some())
@@ -403,7 +409,10 @@ impl Config {
                 ));
             }
             if p.algorithms.is_empty() {
-                return Err(invalid("algorithms", "at least one algorithm is required".into()));
+                return Err(invalid(
+                    "algorithms",
+                    "at least one algorithm is required".into(),
+                ));
             }
             for alg in &p.algorithms {
                 if !ASYMMETRIC_ALGORITHMS.contains(&alg.as_str()) {
@@ -414,16 +423,24 @@ impl Config {
                 }
             }
             if p.refresh_min > p.refresh_max || p.refresh_min.is_zero() {
-                return Err(invalid("refresh_min", "must be positive and at most refresh_max".into()));
+                return Err(invalid(
+                    "refresh_min",
+                    "must be positive and at most refresh_max".into(),
+                ));
             }
             if p.fetch_timeout.is_zero() {
                 return Err(invalid("fetch_timeout", "must be positive".into()));
             }
             let location_empty = match &p.from {
-                TokenLocation::Header { name, .. } | TokenLocation::Cookie { name } => name.is_empty(),
+                TokenLocation::Header { name, .. } | TokenLocation::Cookie { name } => {
+                    name.is_empty()
+                }
             };
             if location_empty {
-                return Err(invalid("from", "the header or cookie name must not be empty".into()));
+                return Err(invalid(
+                    "from",
+                    "the header or cookie name must not be empty".into(),
+                ));
             }
         }
         Ok(())
@@ -509,7 +526,7 @@ impl Config {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, reason = "tests")]
 mod tests {
     use super::*;
 
@@ -560,20 +577,43 @@ mod tests {
         )
         .unwrap();
         let p = &ok.identity.jwt[0];
-        assert_eq!(p.jwks_file.as_deref(), Some(Path::new("/etc/arbiter/keys.json")));
+        assert_eq!(
+            p.jwks_file.as_deref(),
+            Some(Path::new("/etc/arbiter/keys.json"))
+        );
         assert_eq!(p.from, TokenLocation::default());
         assert_eq!(p.leeway, Duration::from_secs(60));
         assert_eq!(p.on_invalid, OnInvalidToken::Deny);
 
         for (bad, key) in [
-            ("name = \"a\"\nissuer = \"i\"\naudiences = [\"x\"]\n", "exactly one"),
-            ("name = \"a\"\nissuer = \"i\"\njwks_file = \"k\"\n", "audience"),
-            ("name = \"a\"\nissuer = \"i\"\naudiences = [\"x\"]\njwks_file = \"k\"\nalgorithms = [\"HS256\"]\n", "HS256"),
-            ("name = \"a\"\nissuer = \"i\"\naudiences = [\"x\"]\njwks_file = \"k\"\nalgorithms = [\"none\"]\n", "none"),
-            ("name = \"a\"\nissuer = \"i\"\naudiences = [\"x\"]\njwks_file = \"k\"\nfrom = { cookie = { name = \"\" } }\n", "cookie"),
+            (
+                "name = \"a\"\nissuer = \"i\"\naudiences = [\"x\"]\n",
+                "exactly one",
+            ),
+            (
+                "name = \"a\"\nissuer = \"i\"\njwks_file = \"k\"\n",
+                "audience",
+            ),
+            (
+                "name = \"a\"\nissuer = \"i\"\naudiences = [\"x\"]\njwks_file = \"k\"\nalgorithms = [\"HS256\"]\n",
+                "HS256",
+            ),
+            (
+                "name = \"a\"\nissuer = \"i\"\naudiences = [\"x\"]\njwks_file = \"k\"\nalgorithms = [\"none\"]\n",
+                "none",
+            ),
+            (
+                "name = \"a\"\nissuer = \"i\"\naudiences = [\"x\"]\njwks_file = \"k\"\nfrom = { cookie = { name = \"\" } }\n",
+                "cookie",
+            ),
         ] {
-            let err = parse(&format!("[[identity.jwt]]\n{bad}")).unwrap_err().to_string();
-            assert!(err.to_lowercase().contains(&key.to_lowercase()) || err.contains("from"), "{bad}: {err}");
+            let err = parse(&format!("[[identity.jwt]]\n{bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.to_lowercase().contains(&key.to_lowercase()) || err.contains("from"),
+                "{bad}: {err}"
+            );
         }
     }
 

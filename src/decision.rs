@@ -506,8 +506,14 @@ mod tests {
         assert!(!d.record.allowed);
         let response = denied(&d.response);
         assert_eq!(response.status.as_ref().unwrap().code, 401);
-        assert_eq!(header(&response.headers, "www-authenticate"), Some("Bearer error=\"invalid_token\""));
-        assert_eq!(header(&response.headers, "x-arbiter-reason"), Some("token_expired"));
+        assert_eq!(
+            header(&response.headers, "www-authenticate"),
+            Some("Bearer error=\"invalid_token\"")
+        );
+        assert_eq!(
+            header(&response.headers, "x-arbiter-reason"),
+            Some("token_expired")
+        );
         let d = reject_token(TokenError::KeysStale, &options(), "id".into());
         assert_eq!(denied(&d.response).status.as_ref().unwrap().code, 503);
     }

@@ -13,8 +13,8 @@ use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
-use crate::context::{ParseOptions, RequestContext, split_target};
 use crate::config::OnInvalidToken;
+use crate::context::{ParseOptions, RequestContext, split_target};
 use crate::decision::{self, DecisionOptions};
 use crate::identity::{Authentication, Authenticator};
 use crate::policy::{PolicyError, PolicySet};
@@ -136,10 +136,14 @@ impl Shared {
             path: http.map(|h| split_target(&h.path).0).unwrap_or_default(),
             source_address,
             source_principal: source.map(|s| s.principal.as_str()).unwrap_or_default(),
-            subject: subject.and_then(|t| t.subject.as_deref()).unwrap_or_default(),
+            subject: subject
+                .and_then(|t| t.subject.as_deref())
+                .unwrap_or_default(),
             provider: match &authentication {
                 Authentication::Verified(t) => t.provider.as_str(),
-                Authentication::Rejected { provider, .. } => provider.as_deref().unwrap_or_default(),
+                Authentication::Rejected { provider, .. } => {
+                    provider.as_deref().unwrap_or_default()
+                }
                 Authentication::Anonymous => "",
             },
         };
@@ -216,7 +220,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .build()
         .map_err(|e| StartError::Http(e.to_string()))?;
     let shared = Arc::new(Shared::new(config, policies, &http));
-    if !shared.authenticator.wait_ready(config.identity.startup_grace).await {
+    if !shared
+        .authenticator
+        .wait_ready(config.identity.startup_grace)
+        .await
+    {
         tracing::warn!(
             grace = ?config.identity.startup_grace,
             "not every identity provider's keys could be fetched; serving, but not ready, and denying their tokens until they arrive"

@@ -202,20 +202,39 @@ pub fn render_identity(out: &mut String, authenticator: &crate::identity::Authen
     use std::sync::atomic::Ordering::Relaxed;
     out.push_str("# HELP arbiter_jwks_fetches_total JWKS fetches, by provider.\n# TYPE arbiter_jwks_fetches_total counter\n");
     for (name, store) in authenticator.key_stores() {
-        let _ = writeln!(out, "arbiter_jwks_fetches_total{{provider=\"{}\"}} {}", escape_label(name), store.stats.fetches.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "arbiter_jwks_fetches_total{{provider=\"{}\"}} {}",
+            escape_label(name),
+            store.stats.fetches.load(Relaxed)
+        );
     }
     out.push_str("# HELP arbiter_jwks_fetch_failures_total Failed JWKS fetches, by provider.\n# TYPE arbiter_jwks_fetch_failures_total counter\n");
     for (name, store) in authenticator.key_stores() {
-        let _ = writeln!(out, "arbiter_jwks_fetch_failures_total{{provider=\"{}\"}} {}", escape_label(name), store.stats.failures.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "arbiter_jwks_fetch_failures_total{{provider=\"{}\"}} {}",
+            escape_label(name),
+            store.stats.failures.load(Relaxed)
+        );
     }
     out.push_str("# HELP arbiter_jwks_key_age_seconds Age of the keys in use, by provider.\n# TYPE arbiter_jwks_key_age_seconds gauge\n");
     for (name, store) in authenticator.key_stores() {
         if let Some(age) = store.key_age() {
-            let _ = writeln!(out, "arbiter_jwks_key_age_seconds{{provider=\"{}\"}} {}", escape_label(name), age.as_secs_f64());
+            let _ = writeln!(
+                out,
+                "arbiter_jwks_key_age_seconds{{provider=\"{}\"}} {}",
+                escape_label(name),
+                age.as_secs_f64()
+            );
         }
     }
     out.push_str("# HELP arbiter_token_cache_entries Verified tokens cached.\n# TYPE arbiter_token_cache_entries gauge\n");
-    let _ = writeln!(out, "arbiter_token_cache_entries {}", authenticator.token_cache_len());
+    let _ = writeln!(
+        out,
+        "arbiter_token_cache_entries {}",
+        authenticator.token_cache_len()
+    );
 }
 
 fn escape_label(value: &str) -> String {

@@ -135,7 +135,12 @@ impl KeySet {
     ///
     /// # Errors
     /// Not JSON, no `keys` array, or not one usable key in it.
-    pub fn parse(origin: &str, body: &[u8], max_age: Option<Duration>, generation: u64) -> Result<Self, JwksError> {
+    pub fn parse(
+        origin: &str,
+        body: &[u8],
+        max_age: Option<Duration>,
+        generation: u64,
+    ) -> Result<Self, JwksError> {
         let invalid = |message: String| JwksError::Invalid {
             origin: origin.to_owned(),
             message,
@@ -171,7 +176,8 @@ impl KeySet {
 }
 
 fn usable_key(entry: &serde_json::Value) -> Result<VerificationKey, String> {
-    let jwk: Jwk = serde_json::from_value(entry.clone()).map_err(|e| format!("unreadable key: {e}"))?;
+    let jwk: Jwk =
+        serde_json::from_value(entry.clone()).map_err(|e| format!("unreadable key: {e}"))?;
     let kid = jwk.common.key_id.clone();
     let label = kid.clone().unwrap_or_else(|| "(no kid)".into());
     if let Some(usage) = &jwk.common.public_key_use
@@ -195,8 +201,12 @@ fn usable_key(entry: &serde_json::Value) -> Result<VerificationKey, String> {
             EllipticCurve::P384 => KeyKind::EcP384,
             _ => return Err(format!("{label}: unsupported curve")),
         },
-        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => KeyKind::Ed25519,
-        AlgorithmParameters::OctetKey(_) => return Err(format!("{label}: symmetric keys are never accepted")),
+        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => {
+            KeyKind::Ed25519
+        }
+        AlgorithmParameters::OctetKey(_) => {
+            return Err(format!("{label}: symmetric keys are never accepted"));
+        }
         _ => return Err(format!("{label}: unsupported key type")),
     };
     let alg = match jwk.common.key_algorithm {
@@ -206,14 +216,21 @@ fn usable_key(entry: &serde_json::Value) -> Result<VerificationKey, String> {
                 .parse()
                 .map_err(|_| format!("{label}: key algorithm {key_alg} cannot sign tokens"))?;
             if KeyKind::for_algorithm(alg) != Some(kind) {
-                return Err(format!("{label}: key algorithm {key_alg} does not fit its key type"));
+                return Err(format!(
+                    "{label}: key algorithm {key_alg} does not fit its key type"
+                ));
             }
             Some(alg)
         }
         None => None,
     };
     let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("{label}: {e}"))?;
-    Ok(VerificationKey { kid, alg, kind, key })
+    Ok(VerificationKey {
+        kid,
+        alg,
+        kind,
+        key,
+    })
 }
 
 /// Why a provider's keys cannot be used for a token right now.
@@ -275,7 +292,10 @@ impl KeyStore {
     /// # Errors
     /// No keys yet, or the last good ones are older than `max_staleness`.
     pub fn keys(&self) -> Result<Arc<KeySet>, KeysUnavailable> {
-        let set = self.current.load_full().ok_or(KeysUnavailable::NotFetched)?;
+        let set = self
+            .current
+            .load_full()
+            .ok_or(KeysUnavailable::NotFetched)?;
         if set.fetched_at.elapsed() > self.max_staleness {
             return Err(KeysUnavailable::Stale);
         }
@@ -351,7 +371,8 @@ impl KeyStore {
                     }
                     Err(_) => {
                         failures = failures.saturating_add(1);
-                        let backoff = Duration::from_millis(250).saturating_mul(1 << failures.min(8));
+                        let backoff =
+                            Duration::from_millis(250).saturating_mul(1 << failures.min(8));
                         backoff.min(this.refresh_min)
                     }
                 };
@@ -407,7 +428,10 @@ impl KeyStore {
             .get("cache-control")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_max_age);
-        if response.content_length().is_some_and(|len| len > MAX_DOCUMENT_BYTES as u64) {
+        if response
+            .content_length()
+            .is_some_and(|len| len > MAX_DOCUMENT_BYTES as u64)
+        {
             return Err("document too large".into());
         }
         let mut body = Vec::new();
@@ -430,16 +454,22 @@ impl KeyStore {
     }
 
     async fn discover(&self, issuer: &str) -> Result<String, JwksError> {
-        let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        );
         let error = |message: String| JwksError::Discovery {
             url: url.clone(),
             message,
         };
         let (body, _) = self.get(&url).await.map_err(error)?;
-        let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|e| error(format!("not JSON: {e}")))?;
+        let doc: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| error(format!("not JSON: {e}")))?;
         // OIDC Discovery 1.0 §4.3: the document's issuer must be the one asked about.
         if doc.get("issuer").and_then(serde_json::Value::as_str) != Some(issuer) {
-            return Err(error("the document's issuer does not match the configured issuer".into()));
+            return Err(error(
+                "the document's issuer does not match the configured issuer".into(),
+            ));
         }
         doc.get("jwks_uri")
             .and_then(serde_json::Value::as_str)
@@ -457,7 +487,11 @@ pub fn parse_max_age(header: &str) -> Option<Duration> {
             return Some(Duration::ZERO);
         }
         if let Some(value) = lower.strip_prefix("max-age=") {
-            max_age = value.trim_matches('"').parse().ok().map(Duration::from_secs);
+            max_age = value
+                .trim_matches('"')
+                .parse()
+                .ok()
+                .map(Duration::from_secs);
         }
     }
     max_age
@@ -470,7 +504,10 @@ mod tests {
 
     #[test]
     fn cache_control() {
-        assert_eq!(parse_max_age("public, max-age=300"), Some(Duration::from_secs(300)));
+        assert_eq!(
+            parse_max_age("public, max-age=300"),
+            Some(Duration::from_secs(300))
+        );
         assert_eq!(parse_max_age("no-store"), Some(Duration::ZERO));
         assert_eq!(parse_max_age("public"), None);
         assert_eq!(parse_max_age("max-age=abc"), None);
@@ -478,15 +515,26 @@ mod tests {
 
     #[test]
     fn garbage_key_sets_are_rejected() {
-        for body in [&b"not json"[..], b"{}", b"{\"keys\": 5}", b"{\"keys\": []}", b"{\"keys\": [{\"kty\": \"oct\", \"k\": \"c2VjcmV0\"}]}"] {
-            assert!(KeySet::parse("t", body, None, 1).is_err(), "{}", String::from_utf8_lossy(body));
+        for body in [
+            &b"not json"[..],
+            b"{}",
+            b"{\"keys\": 5}",
+            b"{\"keys\": []}",
+            b"{\"keys\": [{\"kty\": \"oct\", \"k\": \"c2VjcmV0\"}]}",
+        ] {
+            assert!(
+                KeySet::parse("t", body, None, 1).is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 
     #[test]
     fn short_rsa_keys_are_skipped() {
         let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xc1u8; 128]);
-        let body = format!(r#"{{"keys": [{{"kty": "RSA", "kid": "short", "n": "{n}", "e": "AQAB"}}]}}"#);
+        let body =
+            format!(r#"{{"keys": [{{"kty": "RSA", "kid": "short", "n": "{n}", "e": "AQAB"}}]}}"#);
         let err = KeySet::parse("t", body.as_bytes(), None, 1).unwrap_err();
         assert!(err.to_string().contains("shorter than 2048"), "{err}");
     }

@@ -7,6 +7,7 @@
 //! document accepts nothing else as an identity.
 
 pub mod jwks;
+pub mod test_keys;
 mod token;
 
 use std::sync::Arc;
@@ -100,7 +101,9 @@ impl Authenticator {
 
     /// Per-provider key stores, for metrics.
     pub fn key_stores(&self) -> impl Iterator<Item = (&str, &KeyStore)> {
-        self.providers.iter().map(|p| (p.config.name.as_str(), p.keys.as_ref()))
+        self.providers
+            .iter()
+            .map(|p| (p.config.name.as_str(), p.keys.as_ref()))
     }
 
     pub fn token_cache_len(&self) -> usize {
@@ -139,7 +142,10 @@ impl Authenticator {
         let cache_key = token::cache_key(raw);
         let now = token::now();
         if let Some(hit) = self.cache.get(&cache_key) {
-            let provider = self.providers.iter().find(|p| p.config.name == hit.provider);
+            let provider = self
+                .providers
+                .iter()
+                .find(|p| p.config.name == hit.provider);
             // A cached token is still checked for time, and against the
             // current keys: a key the IdP withdrew no longer vouches for it.
             let still_keyed = provider
@@ -168,12 +174,20 @@ impl Authenticator {
         };
         let keys = match provider.keys.keys() {
             Ok(keys) => keys,
-            Err(jwks::KeysUnavailable::NotFetched) => return reject(Some(provider), TokenError::KeysUnavailable),
-            Err(jwks::KeysUnavailable::Stale) => return reject(Some(provider), TokenError::KeysStale),
+            Err(jwks::KeysUnavailable::NotFetched) => {
+                return reject(Some(provider), TokenError::KeysUnavailable);
+            }
+            Err(jwks::KeysUnavailable::Stale) => {
+                return reject(Some(provider), TokenError::KeysStale);
+            }
         };
         let mut result = verify_with_keys(raw, &unverified, &provider.config, &keys, now);
         if matches!(result, Err(TokenError::UnknownKid)) {
-            if let Some(fresh) = provider.keys.refresh_for_unknown_kid(Some(keys.generation)).await {
+            if let Some(fresh) = provider
+                .keys
+                .refresh_for_unknown_kid(Some(keys.generation))
+                .await
+            {
                 result = verify_with_keys(raw, &unverified, &provider.config, &fresh, token::now());
             }
         }

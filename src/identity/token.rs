@@ -94,7 +94,14 @@ impl VerifiedToken {
     fn build_document(&mut self) {
         use regorus::Value;
         use std::collections::BTreeMap;
-        let strings = |items: &[String]| Value::from(items.iter().map(|s| Value::from(s.as_str())).collect::<Vec<_>>());
+        let strings = |items: &[String]| {
+            Value::from(
+                items
+                    .iter()
+                    .map(|s| Value::from(s.as_str()))
+                    .collect::<Vec<_>>(),
+            )
+        };
         let mut doc = BTreeMap::new();
         doc.insert(Value::from("provider"), Value::from(self.provider.as_str()));
         doc.insert(Value::from("issuer"), Value::from(self.issuer.as_str()));
@@ -121,7 +128,10 @@ impl VerifiedToken {
         if self.expires_at.saturating_add(leeway) <= now {
             return Err(TokenError::Expired);
         }
-        if self.not_before.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+        if self
+            .not_before
+            .is_some_and(|nbf| nbf > now.saturating_add(leeway))
+        {
             return Err(TokenError::NotYetValid);
         }
         Ok(())
@@ -152,13 +162,17 @@ pub(super) fn now() -> u64 {
 /// The token is malformed or asks for something Arbiter never accepts.
 pub fn peek(token: &str) -> Result<Unverified, TokenError> {
     let mut parts = token.split('.');
-    let (Some(header), Some(payload), Some(_signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(header), Some(payload), Some(_signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(TokenError::Malformed);
     };
     let header = decode_json(header)?;
     let payload = decode_json(payload)?;
-    let alg = header.get("alg").and_then(serde_json::Value::as_str).ok_or(TokenError::Malformed)?;
+    let alg = header
+        .get("alg")
+        .and_then(serde_json::Value::as_str)
+        .ok_or(TokenError::Malformed)?;
     let alg: Algorithm = alg.parse().map_err(|_| TokenError::AlgorithmNotAllowed)?;
     if KeyKind::for_algorithm(alg).is_none() {
         return Err(TokenError::AlgorithmNotAllowed);
@@ -201,7 +215,11 @@ pub fn verify_with_keys(
     keys: &KeySet,
     now: u64,
 ) -> Result<VerifiedToken, TokenError> {
-    if !provider.algorithms.iter().any(|a| a.parse::<Algorithm>().ok() == Some(unverified.alg)) {
+    if !provider
+        .algorithms
+        .iter()
+        .any(|a| a.parse::<Algorithm>().ok() == Some(unverified.alg))
+    {
         return Err(TokenError::AlgorithmNotAllowed);
     }
     let key = match &unverified.kid {
@@ -234,10 +252,17 @@ pub fn verify_with_keys(
     }
     validation.set_required_spec_claims(&required);
 
-    let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key.key, &validation)
-        .map_err(|e| classify(&e))?;
+    let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+        token,
+        &key.key,
+        &validation,
+    )
+    .map_err(|e| classify(&e))?;
     let claims = data.claims;
-    let expires_at = claims.get("exp").and_then(as_seconds).ok_or(TokenError::MissingClaim)?;
+    let expires_at = claims
+        .get("exp")
+        .and_then(as_seconds)
+        .ok_or(TokenError::MissingClaim)?;
     let not_before = claims.get("nbf").and_then(as_seconds);
     if let Some(max) = provider.max_lifetime {
         let start = claims.get("iat").and_then(as_seconds).unwrap_or(now);
@@ -247,13 +272,19 @@ pub fn verify_with_keys(
     }
     let audience = match claims.get("aud") {
         Some(serde_json::Value::String(a)) => vec![a.clone()],
-        Some(serde_json::Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
         _ => Vec::new(),
     };
     let mut verified = VerifiedToken {
         provider: provider.name.clone(),
         issuer: provider.issuer.clone(),
-        subject: claims.get("sub").and_then(|v| v.as_str()).map(str::to_owned),
+        subject: claims
+            .get("sub")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
         audience,
         scopes: scopes(&claims),
         expires_at,
@@ -267,7 +298,9 @@ pub fn verify_with_keys(
 }
 
 fn as_seconds(value: &serde_json::Value) -> Option<u64> {
-    value.as_u64().or_else(|| value.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+    value
+        .as_u64()
+        .or_else(|| value.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
 }
 
 /// Scopes from `scope` (space-separated, RFC 8693) or `scp` (string or list).
@@ -277,7 +310,10 @@ fn scopes(claims: &serde_json::Map<String, serde_json::Value>) -> Vec<String> {
     for name in ["scope", "scp"] {
         let values: Vec<String> = match claims.get(name) {
             Some(serde_json::Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
-            Some(serde_json::Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
             _ => Vec::new(),
         };
         for v in values {
@@ -298,8 +334,12 @@ fn classify(error: &jsonwebtoken::errors::Error) -> TokenError {
         ErrorKind::InvalidAudience => TokenError::WrongAudience,
         ErrorKind::InvalidIssuer => TokenError::UnknownIssuer,
         ErrorKind::MissingRequiredClaim(_) => TokenError::MissingClaim,
-        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => TokenError::AlgorithmNotAllowed,
-        ErrorKind::InvalidKeyFormat | ErrorKind::InvalidRsaKey(_) | ErrorKind::InvalidEcdsaKey => TokenError::KeyMismatch,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            TokenError::AlgorithmNotAllowed
+        }
+        ErrorKind::InvalidKeyFormat | ErrorKind::InvalidRsaKey(_) | ErrorKind::InvalidEcdsaKey => {
+            TokenError::KeyMismatch
+        }
         _ => TokenError::Malformed,
     }
 }

@@ -10,6 +10,7 @@
 )]
 
 pub mod envoy;
+pub mod idp;
 
 use std::path::Path;
 
