@@ -4,6 +4,7 @@
 //! A [`PolicySet`] is immutable once loaded. Reloading builds a new one off
 //! the request path and swaps it in; a request keeps the set it started with.
 
+pub mod builtins;
 mod outcome;
 
 use std::collections::BTreeMap;
@@ -151,6 +152,10 @@ impl PolicySet {
             limit: config.eval_timeout,
             check_interval: NonZeroU32::MIN.saturating_add(63),
         });
+
+        builtins::register(&mut engine).map_err(|e| PolicyError::Prepare {
+            message: e.to_string(),
+        })?;
 
         let mut hasher = Sha256::new();
         let mut files = Vec::new();
