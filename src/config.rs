@@ -35,6 +35,90 @@ pub struct Config {
     pub decision: DecisionConfig,
     pub log: LogConfig,
     pub identity: IdentityConfig,
+    pub context: ContextConfig,
+    pub device: DeviceConfig,
+}
+
+/// What Arbiter believes about where a request comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContextConfig {
+    /// Proxies (CIDRs) whose `X-Forwarded-For` entries are believed, hop by
+    /// hop from the right. Empty (the default): the peer is the client.
+    /// A bare address counts as a /32 (or /128).
+    #[serde(deserialize_with = "deserialize_nets")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// SPIFFE trust domains whose peer IDs are marked `trusted`.
+    pub trust_domains: Vec<String>,
+}
+
+impl Default for ContextConfig {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            trust_domains: vec!["cluster.local".to_owned()],
+        }
+    }
+}
+
+fn deserialize_nets<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    let raw = Vec::<String>::deserialize(deserializer)?;
+    raw.iter()
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|net| match net {
+                    ipnet::IpNet::V6(v6) => match v6.addr().to_ipv4_mapped() {
+                        Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len().saturating_sub(96))
+                            .map(ipnet::IpNet::V4)
+                            .unwrap_or(ipnet::IpNet::V6(v6)),
+                        None => ipnet::IpNet::V6(v6),
+                    },
+                    v4 => v4,
+                })
+                .map_err(|_| {
+                    serde::de::Error::custom(format!("{s:?} is not an IP address or CIDR"))
+                })
+        })
+        .collect()
+}
+
+/// Device posture: a token signed by the device-management service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceConfig {
+    /// Header carrying the posture token (a JWT, no prefix).
+    pub header: String,
+    /// The device-management service as a token issuer; no posture tokens without it.
+    pub jwt: Option<JwtProviderConfig>,
+    /// Posture older than this (from the token's `iat`) is refused.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Claim naming the user the device belongs to; when present it must be
+    /// the verified user's subject, or the device is not verified.
+    pub subject_claim: String,
+    /// Slash-separated data path of a device inventory keyed by device ID
+    /// (e.g. `devices`), merged into `input.device.inventory`.
+    pub inventory: Option<String>,
+    /// A compliance header set by a trusted edge that strips it from
+    /// clients. Off unless named; used only without a posture token, and then
+    /// `input.device.verified` is `false`.
+    pub trusted_edge_header: Option<String>,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        Self {
+            header: "x-device-posture".to_owned(),
+            jwt: None,
+            max_age: Duration::from_secs(3600),
+            subject_claim: "user".to_owned(),
+            inventory: None,
+            trusted_edge_header: None,
+        }
+    }
 }
 
 /// The gRPC listener that Envoy calls.
@@ -379,9 +463,22 @@ impl Config {
     fn validate_identity(&self) -> Result<(), ConfigError> {
         let mut names = std::collections::HashSet::new();
         let mut issuers = std::collections::HashSet::new();
-        for (i, p) in self.identity.jwt.iter().enumerate() {
+        let providers = self
+            .identity
+            .jwt
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("identity.jwt[{i}]"), p))
+            .chain(self.device.jwt.iter().map(|p| ("device.jwt".to_owned(), p)));
+        if self.device.header.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: "device.header".into(),
+                message: "must not be empty".into(),
+            });
+        }
+        for (at, p) in providers {
             let invalid = |key: &str, message: String| ConfigError::Invalid {
-                path: format!("identity.jwt[{i}].{key} ({})", p.name),
+                path: format!("{at}.{key} ({})", p.name),
                 message,
             };
             if p.name.is_empty() || !names.insert(p.name.clone()) {
@@ -475,7 +572,12 @@ impl Config {
                 *path = base.join(&*path);
             }
         }
-        for provider in &mut config.identity.jwt {
+        for provider in config
+            .identity
+            .jwt
+            .iter_mut()
+            .chain(config.device.jwt.iter_mut())
+        {
             if let Some(file) = &mut provider.jwks_file
                 && file.is_relative()
             {
@@ -620,6 +722,24 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn trusted_proxies_take_cidrs_and_addresses() {
+        let config =
+            parse("[context]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.168.1.1\", \"fd00::/8\"]\n")
+                .unwrap();
+        let nets: Vec<String> = config
+            .context
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, vec!["10.0.0.0/8", "192.168.1.1/32", "fd00::/8"]);
+        let err = parse("[context]\ntrusted_proxies = [\"10.0.0.0/33\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("10.0.0.0/33") && err.contains("line"), "{err}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use base64::Engine as _;
 use regorus::Value;
 
 use crate::context::{ParsedBody, RequestContext, query_to_value};
-use crate::identity::Authentication;
+use crate::identity::{Authentication, DevicePosture, Identity};
 use crate::proto::auth::AttributeContext;
 use crate::proto::auth::attribute_context::{HttpRequest, Peer, Request, TlsSession};
 use crate::proto::core::{Address, HeaderMap, Metadata, address, socket_address};
@@ -23,9 +23,13 @@ use crate::proto::core::{Address, HeaderMap, Metadata, address, socket_address};
 /// caller's verified identity (`identity`, `null` when there is none; a
 /// rejected token that its provider hands to the policy also sets
 /// `identity_error`).
-pub fn build(ctx: &RequestContext, authentication: &Authentication) -> Value {
+///
+/// `device` is the verified device posture, with the device's entry from the
+/// inventory (`inventory`, keyed by device ID) when one is configured.
+pub fn build(ctx: &RequestContext, identity: &Identity, inventory: Option<&Value>) -> Value {
     let mut doc = Obj::new();
-    match authentication {
+    doc.insert("device", device(&identity.device, inventory));
+    match &identity.user {
         Authentication::Verified(token) => doc.insert("identity", token.document().clone()),
         Authentication::Anonymous => doc.insert("identity", Value::Null),
         Authentication::Rejected { error, .. } => {
@@ -34,6 +38,8 @@ pub fn build(ctx: &RequestContext, authentication: &Authentication) -> Value {
         }
     }
     doc.insert("attributes", attributes(&ctx.attributes));
+    doc.insert("source", source(ctx));
+    doc.insert("destination", destination(ctx));
     let segments: Vec<Value> = ctx
         .path
         .segments
@@ -58,6 +64,150 @@ pub fn build(ctx: &RequestContext, authentication: &Authentication) -> Value {
     version.insert("encoding", Value::from("protojson"));
     doc.insert("version", version.into_value());
     doc.into_value()
+}
+
+/// Claims of a posture token that `input.device` lifts to the top.
+const POSTURE_FIELDS: [&str; 7] = [
+    "compliant",
+    "managed",
+    "encrypted",
+    "os",
+    "os_version",
+    "patched",
+    "risk",
+];
+
+fn device(posture: &DevicePosture, inventory: Option<&Value>) -> Value {
+    let mut o = Obj::new();
+    match posture {
+        DevicePosture::Absent => return Value::Null,
+        DevicePosture::Verified {
+            token,
+            bound_to_user,
+            age,
+        } => {
+            let id = token
+                .claims
+                .get("device_id")
+                .or_else(|| token.claims.get("sub"))
+                .and_then(|v| v.as_str());
+            o.insert("id", id.map_or(Value::Null, Value::from));
+            o.insert("verified", Value::from(*bound_to_user));
+            if !bound_to_user {
+                o.insert("error", Value::from("device_user_mismatch"));
+            }
+            for field in POSTURE_FIELDS {
+                let value = token
+                    .claims
+                    .get(field)
+                    .cloned()
+                    .map_or(Value::Null, Value::from);
+                o.insert(field, value);
+            }
+            o.insert("age_seconds", Value::from(age.as_secs()));
+            o.insert("claims", token.document()["claims"].clone());
+            o.insert("issuer", Value::from(token.issuer.as_str()));
+            let entry = match (inventory, id) {
+                (Some(inventory), Some(id)) => inventory[id].clone(),
+                _ => Value::Undefined,
+            };
+            o.insert(
+                "inventory",
+                if entry == Value::Undefined {
+                    Value::Null
+                } else {
+                    entry
+                },
+            );
+        }
+        DevicePosture::Rejected(error) => {
+            o.insert("id", Value::Null);
+            o.insert("verified", Value::from(false));
+            o.insert("error", Value::from(error.label()));
+        }
+        DevicePosture::EdgeHeader(value) => {
+            o.insert("id", Value::Null);
+            o.insert("verified", Value::from(false));
+            let compliant =
+                value.eq_ignore_ascii_case("compliant") || value.eq_ignore_ascii_case("true");
+            o.insert("compliant", Value::from(compliant));
+            o.insert("source", Value::from("edge_header"));
+        }
+    }
+    o.into_value()
+}
+
+/// `source`: the peer Envoy saw, the client address believed through
+/// trusted proxies, the raw `X-Forwarded-For` chain and the peer's principal.
+fn source(ctx: &RequestContext) -> Value {
+    let s = &ctx.source;
+    let mut o = Obj::new();
+    o.insert(
+        "address",
+        s.peer.map_or(Value::Null, |ip| Value::from(ip.to_string())),
+    );
+    o.insert("port", s.peer_port.map_or(Value::Null, Value::from));
+    o.insert(
+        "ip",
+        s.ip.map_or(Value::Null, |ip| Value::from(ip.to_string())),
+    );
+    o.insert(
+        "forwarded_for",
+        Value::from(
+            s.forwarded_for
+                .iter()
+                .map(|e| Value::from(e.as_str()))
+                .collect::<Vec<_>>(),
+        ),
+    );
+    o.insert("trusted_hops", Value::from(s.trusted_hops));
+    o.insert("principal", principal(ctx.source_principal.as_ref()));
+    o.into_value()
+}
+
+/// `destination`: the address Envoy accepted the request on and its own principal.
+fn destination(ctx: &RequestContext) -> Value {
+    let mut o = Obj::new();
+    let socket = ctx
+        .attributes
+        .destination
+        .as_ref()
+        .and_then(|p| p.address.as_ref())
+        .and_then(|a| match &a.address {
+            Some(address::Address::SocketAddress(s)) => Some(s),
+            _ => None,
+        });
+    o.insert(
+        "address",
+        socket.map_or(Value::Null, |s| Value::from(s.address.as_str())),
+    );
+    let port = socket.and_then(|s| match s.port_specifier {
+        Some(socket_address::PortSpecifier::PortValue(p)) => Some(p),
+        _ => None,
+    });
+    o.insert("port", port.map_or(Value::Null, Value::from));
+    o.insert("principal", principal(ctx.destination_principal.as_ref()));
+    o.into_value()
+}
+
+/// `{id, spiffe, trusted, trust_domain, path, namespace, service_account}`;
+/// the SPIFFE fields only for a SPIFFE ID, namespace and service account
+/// only for `/ns/<ns>/sa/<sa>` paths.
+fn principal(p: Option<&crate::context::Principal>) -> Value {
+    let Some(p) = p else { return Value::Null };
+    let mut o = Obj::new();
+    o.insert("id", Value::from(p.id.as_str()));
+    o.insert("spiffe", Value::from(p.spiffe.is_some()));
+    o.insert("trusted", Value::from(p.trusted));
+    if let Some(id) = &p.spiffe {
+        o.insert("trust_domain", Value::from(id.trust_domain()));
+        o.insert("path", Value::from(id.path()));
+        if let Some((ns, sa)) = id.namespace_and_service_account() {
+            o.insert("namespace", Value::from(ns));
+            o.insert("service_account", Value::from(sa));
+        }
+    }
+    o.into_value()
 }
 
 /// `attributes`: the AttributeContext in the protobuf JSON mapping.
@@ -331,7 +481,7 @@ mod tests {
     use crate::context::ParseOptions;
 
     fn build(ctx: &RequestContext) -> Value {
-        super::build(ctx, &Authentication::Anonymous)
+        super::build(ctx, &Identity::anonymous(), None)
     }
     use crate::proto::auth::CheckRequest;
 
@@ -398,7 +548,7 @@ mod tests {
 
     #[test]
     fn empty_fields_are_left_out() {
-        let ctx = RequestContext::from_check(CheckRequest::default(), ParseOptions::default());
+        let ctx = RequestContext::from_check(CheckRequest::default(), &ParseOptions::default());
         let doc: serde_json::Value =
             serde_json::from_str(&build(&ctx).to_json_str().unwrap()).unwrap();
         assert_eq!(
@@ -406,6 +556,9 @@ mod tests {
             serde_json::json!({
                 "attributes": {},
                 "identity": null,
+                "device": null,
+                "source": {"address": null, "port": null, "ip": null, "forwarded_for": [], "trusted_hops": 0, "principal": null},
+                "destination": {"address": null, "port": null, "principal": null},
                 "parsed_path": [""],
                 "parsed_query": {},
                 "parsed_body": null,
@@ -417,7 +570,7 @@ mod tests {
 
     #[test]
     fn parsed_fields_and_version() {
-        let ctx = RequestContext::from_check(full_request(), ParseOptions::default());
+        let ctx = RequestContext::from_check(full_request(), &ParseOptions::default());
         let doc = build(&ctx);
         assert_eq!(
             doc["parsed_path"],
@@ -447,7 +600,7 @@ mod tests {
         http.body = "{broken".into();
         let doc = build(&RequestContext::from_check(
             request,
-            ParseOptions::default(),
+            &ParseOptions::default(),
         ));
         assert_eq!(doc["parsed_body"], Value::Null);
         assert!(
@@ -456,6 +609,26 @@ mod tests {
                 .unwrap()
                 .contains("invalid JSON")
         );
+    }
+
+    #[test]
+    fn source_destination_and_principals() {
+        let ctx = RequestContext::from_check(full_request(), &ParseOptions::default());
+        let doc: serde_json::Value =
+            serde_json::from_str(&build(&ctx).to_json_str().unwrap()).unwrap();
+        assert_eq!(doc["source"]["address"], "10.0.0.7");
+        assert_eq!(doc["source"]["port"], 51234);
+        assert_eq!(doc["source"]["ip"], "10.0.0.7");
+        assert_eq!(
+            doc["source"]["principal"],
+            serde_json::json!({
+                "id": "spiffe://cluster.local/ns/prod/sa/web", "spiffe": true, "trusted": false,
+                "trust_domain": "cluster.local", "path": "/ns/prod/sa/web",
+                "namespace": "prod", "service_account": "web"
+            })
+        );
+        assert_eq!(doc["destination"]["address"], "10.0.0.8");
+        assert_eq!(doc["destination"]["port"], serde_json::Value::Null);
     }
 
     #[test]

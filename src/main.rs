@@ -90,13 +90,8 @@ fn eval(config: Option<&Path>, request: &Path) -> anyhow::Result<ExitCode> {
         )
     })?;
     let policies = PolicySet::load(&config.policy)?;
-    let ctx = RequestContext::from_check(
-        check,
-        ParseOptions {
-            skip_body: config.policy.skip_request_body_parse,
-        },
-    );
-    let input = arbiter::input::build(&ctx, &arbiter::identity::Authentication::Anonymous);
+    let ctx = RequestContext::from_check(check, &ParseOptions::from_config(&config));
+    let input = arbiter::input::build(&ctx, &arbiter::identity::Identity::anonymous(), None);
     let input_json: serde_json::Value = serde_json::from_str(&input.to_json_str()?)?;
     let outcome = policies.decide(input);
     let options = arbiter::decision::DecisionOptions {

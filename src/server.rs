@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::config::OnInvalidToken;
 use crate::context::{ParseOptions, RequestContext, split_target};
 use crate::decision::{self, DecisionOptions};
-use crate::identity::{Authentication, Authenticator};
+use crate::identity::{Authentication, Authenticator, Identity};
 use crate::policy::{PolicyError, PolicySet};
 use crate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
 use crate::proto::auth::{CheckRequest, CheckResponse};
@@ -59,6 +59,8 @@ pub struct Shared {
     pub readiness: Readiness,
     parse_options: ParseOptions,
     decision_options: DecisionOptions,
+    /// Data path of the device inventory, if configured.
+    inventory_path: Option<Vec<String>>,
 }
 
 impl Shared {
@@ -68,15 +70,19 @@ impl Shared {
         let reason_header = Some(config.decision.reason_header.clone()).filter(|h| !h.is_empty());
         Self {
             policies: ArcSwap::from_pointee(policies),
-            authenticator: Authenticator::start(&config.identity, http),
+            authenticator: Authenticator::start(&config.identity, &config.device, http),
             metrics: Metrics::default(),
             readiness: Readiness {
                 policies_loaded: AtomicBool::new(true),
                 shutting_down: AtomicBool::new(false),
             },
-            parse_options: ParseOptions {
-                skip_body: config.policy.skip_request_body_parse,
-            },
+            parse_options: ParseOptions::from_config(config),
+            inventory_path: config.device.inventory.as_ref().map(|p| {
+                p.split('/')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            }),
             decision_options: DecisionOptions {
                 dry_run: config.decision.dry_run,
                 reason_header,
@@ -95,8 +101,12 @@ impl Shared {
         let started = Instant::now();
         // Taken once: the request finishes on this set even if a reload swaps another in.
         let policies = self.policies.load_full();
-        let ctx = RequestContext::from_check(request, self.parse_options);
+        let ctx = RequestContext::from_check(request, &self.parse_options);
         let authentication = self.authenticator.authenticate(&ctx).await;
+        let device = self
+            .authenticator
+            .device_posture(&ctx, &authentication)
+            .await;
         let decision_id = uuid::Uuid::new_v4().to_string();
         let mut eval = std::time::Duration::ZERO;
         let mut subject = None;
@@ -110,7 +120,15 @@ impl Shared {
                 if let Authentication::Verified(token) = &authentication {
                     subject = Some(token);
                 }
-                let input = crate::input::build(&ctx, &authentication);
+                let inventory = self
+                    .inventory_path
+                    .as_ref()
+                    .map(|path| policies.data_at(path));
+                let identity = Identity {
+                    user: authentication.clone(),
+                    device,
+                };
+                let input = crate::input::build(&ctx, &identity, inventory.as_ref());
                 let eval_started = Instant::now();
                 let outcome = policies.decide(input);
                 eval = eval_started.elapsed();

@@ -13,7 +13,9 @@ mod token;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{IdentityConfig, JwtProviderConfig, OnInvalidToken, TokenLocation};
+use crate::config::{
+    DeviceConfig, IdentityConfig, JwtProviderConfig, OnInvalidToken, TokenLocation,
+};
 use crate::context::RequestContext;
 
 pub use jwks::{JwksError, KeySet, KeyStore};
@@ -33,6 +35,49 @@ pub enum Authentication {
     },
 }
 
+/// Everything verified about the caller: user and device.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user: Authentication,
+    pub device: DevicePosture,
+}
+
+impl Identity {
+    pub fn anonymous() -> Self {
+        Self {
+            user: Authentication::Anonymous,
+            device: DevicePosture::Absent,
+        }
+    }
+}
+
+/// The device posture a request carries.
+#[derive(Debug, Clone)]
+pub enum DevicePosture {
+    /// No posture token (and no trusted edge header).
+    Absent,
+    /// A posture token that verified. `bound_to_user` is false when it
+    /// names a user other than the verified caller (or there is none).
+    Verified {
+        token: Arc<VerifiedToken>,
+        bound_to_user: bool,
+        age: Duration,
+    },
+    /// A posture token that is forged, expired, stale or otherwise invalid.
+    Rejected(TokenError),
+    /// No token, but the configured trusted edge set its compliance header.
+    EdgeHeader(String),
+}
+
+/// Verifies device posture tokens.
+struct DeviceVerifier {
+    providers: Vec<Provider>,
+    location: TokenLocation,
+    max_age: Duration,
+    subject_claim: String,
+    edge_header: Option<String>,
+}
+
 /// One configured provider and its keys.
 struct Provider {
     config: JwtProviderConfig,
@@ -42,6 +87,7 @@ struct Provider {
 /// Verifies tokens for every configured provider.
 pub struct Authenticator {
     providers: Vec<Provider>,
+    device: Option<DeviceVerifier>,
     cache: quick_cache::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
     max_token_bytes: usize,
     refreshers: Vec<tokio::task::JoinHandle<()>>,
@@ -58,31 +104,69 @@ impl Drop for Authenticator {
 impl Authenticator {
     /// Sets up every provider and starts its background key refresh. Must be
     /// called inside a Tokio runtime.
-    pub fn start(config: &IdentityConfig, http: &reqwest::Client) -> Self {
-        let mut providers = Vec::new();
+    pub fn start(config: &IdentityConfig, device: &DeviceConfig, http: &reqwest::Client) -> Self {
         let mut refreshers = Vec::new();
-        for provider in &config.jwt {
+        let mut make = |provider: &JwtProviderConfig| {
             if provider.skip_audience_check {
                 tracing::warn!(provider = %provider.name, "audience check is OFF for this provider: tokens for any audience are accepted");
             }
             let keys = Arc::new(KeyStore::new(provider, http.clone()));
             refreshers.push(keys.spawn_refresher());
-            providers.push(Provider {
+            Provider {
                 config: provider.clone(),
                 keys,
-            });
+            }
+        };
+        let providers: Vec<Provider> = config.jwt.iter().map(&mut make).collect();
+        let device_providers: Vec<Provider> = device
+            .jwt
+            .iter()
+            .map(|p| {
+                let mut p = p.clone();
+                p.from = TokenLocation::Header {
+                    name: device.header.to_ascii_lowercase(),
+                    prefix: None,
+                };
+                make(&p)
+            })
+            .collect();
+        if let Some(edge) = &device.trusted_edge_header {
+            tracing::warn!(header = %edge, "device compliance is taken from a header when no posture token is present; the edge must strip it from clients");
         }
+        let device =
+            (!device_providers.is_empty() || device.trusted_edge_header.is_some()).then(|| {
+                DeviceVerifier {
+                    location: TokenLocation::Header {
+                        name: device.header.to_ascii_lowercase(),
+                        prefix: None,
+                    },
+                    providers: device_providers,
+                    max_age: device.max_age,
+                    subject_claim: device.subject_claim.clone(),
+                    edge_header: device
+                        .trusted_edge_header
+                        .as_ref()
+                        .map(|h| h.to_ascii_lowercase()),
+                }
+            });
         Self {
             providers,
+            device,
             cache: quick_cache::sync::Cache::new(config.token_cache_size.max(1)),
             max_token_bytes: config.max_token_bytes,
             refreshers,
         }
     }
 
-    /// Whether every provider has usable keys.
+    fn all_providers(&self) -> impl Iterator<Item = &Provider> {
+        self.providers
+            .iter()
+            .chain(self.device.iter().flat_map(|d| d.providers.iter()))
+    }
+
+    /// Whether every provider (users' and devices') has usable keys.
     pub fn is_ready(&self) -> bool {
-        self.providers.iter().all(|p| p.keys.has_keys())
+        self.all_providers().all(|p| p.keys.has_keys())
     }
 
     /// Waits until every provider has keys, or `grace` has passed.
@@ -125,12 +209,64 @@ impl Authenticator {
             let Some(raw) = extract(ctx, &provider.config.from) else {
                 continue;
             };
-            return self.verify(raw, &provider.config.from).await;
+            return self
+                .verify(&self.providers, raw, &provider.config.from)
+                .await;
         }
         Authentication::Anonymous
     }
 
-    async fn verify(&self, raw: &str, location: &TokenLocation) -> Authentication {
+    /// Finds and verifies the request's device posture token, binding it to
+    /// the verified user.
+    pub async fn device_posture(
+        &self,
+        ctx: &RequestContext,
+        user: &Authentication,
+    ) -> DevicePosture {
+        let Some(device) = &self.device else {
+            return DevicePosture::Absent;
+        };
+        let Some(raw) = extract(ctx, &device.location) else {
+            return match device.edge_header.as_deref().and_then(|h| ctx.header(h)) {
+                Some(value) => DevicePosture::EdgeHeader(value.trim().to_owned()),
+                None => DevicePosture::Absent,
+            };
+        };
+        if device.providers.is_empty() {
+            return DevicePosture::Rejected(TokenError::UnknownIssuer);
+        }
+        let token = match self.verify(&device.providers, raw, &device.location).await {
+            Authentication::Verified(token) => token,
+            Authentication::Rejected { error, .. } => return DevicePosture::Rejected(error),
+            Authentication::Anonymous => return DevicePosture::Absent,
+        };
+        let Some(issued_at) = token.issued_at else {
+            return DevicePosture::Rejected(TokenError::MissingClaim);
+        };
+        let age = Duration::from_secs(token::now().saturating_sub(issued_at));
+        if age > device.max_age {
+            return DevicePosture::Rejected(TokenError::PostureStale);
+        }
+        let bound_to_user = match token.claims.get(&device.subject_claim) {
+            None => true,
+            Some(owner) => match user {
+                Authentication::Verified(user) => user.subject.as_deref() == owner.as_str(),
+                _ => false,
+            },
+        };
+        DevicePosture::Verified {
+            token,
+            bound_to_user,
+            age,
+        }
+    }
+
+    async fn verify(
+        &self,
+        providers: &[Provider],
+        raw: &str,
+        location: &TokenLocation,
+    ) -> Authentication {
         let reject = |provider: Option<&Provider>, error: TokenError| Authentication::Rejected {
             provider: provider.map(|p| p.config.name.clone()),
             on_invalid: provider.map_or(OnInvalidToken::Deny, |p| p.config.on_invalid),
@@ -159,14 +295,15 @@ impl Authenticator {
                     Err(e) => reject(Some(provider), e),
                 };
             }
-            self.cache.remove(&cache_key);
+            if provider.is_some() {
+                self.cache.remove(&cache_key);
+            }
         }
         let unverified = match token::peek(raw) {
             Ok(u) => u,
             Err(e) => return reject(None, e),
         };
-        let Some(provider) = self
-            .providers
+        let Some(provider) = providers
             .iter()
             .find(|p| p.config.issuer == unverified.issuer && p.config.from == *location)
         else {

@@ -45,6 +45,8 @@ pub enum TokenError {
     KeysUnavailable,
     #[error("jwks_stale")]
     KeysStale,
+    #[error("device_posture_stale")]
+    PostureStale,
 }
 
 impl TokenError {
@@ -65,6 +67,7 @@ impl TokenError {
             Self::LifetimeTooLong => "token_lifetime_too_long",
             Self::KeysUnavailable => "jwks_unavailable",
             Self::KeysStale => "jwks_stale",
+            Self::PostureStale => "device_posture_stale",
         }
     }
 }
@@ -79,6 +82,7 @@ pub struct VerifiedToken {
     pub scopes: Vec<String>,
     pub claims: serde_json::Map<String, serde_json::Value>,
     pub expires_at: u64,
+    pub issued_at: Option<u64>,
     not_before: Option<u64>,
     pub(super) kid: Option<String>,
     /// `input.identity`, built once at verification so a cached token costs no conversion.
@@ -288,6 +292,7 @@ pub fn verify_with_keys(
         audience,
         scopes: scopes(&claims),
         expires_at,
+        issued_at: claims.get("iat").and_then(as_seconds),
         not_before,
         kid: unverified.kid.clone(),
         claims,

@@ -1,7 +1,8 @@
 //! Built-ins that regorus lacks and OPA policies use, registered with OPA's
-//! names and semantics: `io.jwt.decode`, `io.jwt.decode_verify` and the
-//! `io.jwt.verify_*` family, so OPA Envoy policies that verify tokens in
-//! Rego run unchanged.
+//! names and semantics: `io.jwt.decode`, `io.jwt.decode_verify`, the
+//! `io.jwt.verify_*` family (so OPA Envoy policies that verify tokens in
+//! Rego run unchanged) and `net.cidr_intersects`, `net.cidr_merge`,
+//! `net.cidr_contains_matches`.
 //!
 //! As in OPA, a malformed token makes `io.jwt.decode` fail (undefined under
 //! OPA's non-strict built-in errors), while the verify built-ins answer
@@ -15,6 +16,8 @@ use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use regorus::{Engine, Value};
 
+type BuiltinFn = fn(Vec<Value>) -> anyhow::Result<Value>;
+
 /// Registers every built-in here on `engine`.
 ///
 /// # Errors
@@ -22,7 +25,7 @@ use regorus::{Engine, Value};
 pub fn register(engine: &mut Engine) -> anyhow::Result<()> {
     engine.add_extension("io.jwt.decode".into(), 1, lenient(decode))?;
     engine.add_extension("io.jwt.decode_verify".into(), 2, lenient(decode_verify))?;
-    let verifiers: [(&str, fn(Vec<Value>) -> anyhow::Result<Value>); 13] = [
+    let verifiers: [(&str, BuiltinFn); 13] = [
         ("io.jwt.verify_rs256", |a| verify_one(a, Algorithm::RS256)),
         ("io.jwt.verify_rs384", |a| verify_one(a, Algorithm::RS384)),
         ("io.jwt.verify_rs512", |a| verify_one(a, Algorithm::RS512)),
@@ -40,12 +43,23 @@ pub fn register(engine: &mut Engine) -> anyhow::Result<()> {
     for (name, f) in verifiers {
         engine.add_extension(name.into(), 2, lenient(f))?;
     }
+    engine.add_extension(
+        "net.cidr_intersects".into(),
+        2,
+        lenient(super::net::cidr_intersects),
+    )?;
+    engine.add_extension("net.cidr_merge".into(), 1, lenient(super::net::cidr_merge))?;
+    engine.add_extension(
+        "net.cidr_contains_matches".into(),
+        2,
+        lenient(super::net::cidr_contains_matches),
+    )?;
     Ok(())
 }
 
 /// regorus fails the whole evaluation when an extension errors; OPA makes
 /// the built-in call undefined. This gives OPA's behaviour.
-fn lenient(f: fn(Vec<Value>) -> anyhow::Result<Value>) -> Box<dyn regorus::Extension> {
+fn lenient(f: BuiltinFn) -> Box<dyn regorus::Extension> {
     Box::new(move |args: Vec<Value>| Ok(f(args).unwrap_or(Value::Undefined)))
 }
 

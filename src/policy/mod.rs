@@ -5,6 +5,7 @@
 //! the request path and swaps it in; a request keeps the set it started with.
 
 pub mod builtins;
+mod net;
 mod outcome;
 
 use std::collections::BTreeMap;
@@ -212,6 +213,15 @@ impl PolicySet {
 
     pub fn revision(&self) -> &Revision {
         &self.revision
+    }
+
+    /// The data document at a path of keys (`Undefined` where there is none).
+    pub fn data_at(&self, path: &[String]) -> Value {
+        let mut value = self.template.get_data();
+        for key in path {
+            value = value[key.as_str()].clone();
+        }
+        value
     }
 
     pub fn files(&self) -> &[PathBuf] {

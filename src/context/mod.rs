@@ -4,18 +4,40 @@
 //!
 //! This module does no I/O and never panics on request data.
 
+pub mod source;
+pub mod spiffe;
+
 use std::collections::BTreeMap;
 
+use ipnet::IpNet;
 use percent_encoding::percent_decode_str;
 use regorus::Value;
 
+use crate::proto::auth::attribute_context::Peer;
 use crate::proto::auth::{AttributeContext, CheckRequest, attribute_context::HttpRequest};
+use crate::proto::core::{address, socket_address};
+pub use source::Source;
+pub use spiffe::{Principal, SpiffeId};
 
 /// Options that change how a request is parsed.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ParseOptions {
     /// Leave the body unparsed (`parsed_body: null`), as OPA's `skip-request-body-parse`.
     pub skip_body: bool,
+    /// Proxies whose `X-Forwarded-For` entries are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// SPIFFE trust domains whose IDs are marked trusted.
+    pub trust_domains: Vec<String>,
+}
+
+impl ParseOptions {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            skip_body: config.policy.skip_request_body_parse,
+            trusted_proxies: config.context.trusted_proxies.clone(),
+            trust_domains: config.context.trust_domains.clone(),
+        }
+    }
 }
 
 /// One CheckRequest, parsed once at the edge.
@@ -25,12 +47,15 @@ pub struct RequestContext {
     pub path: ParsedPath,
     pub query: ParsedQuery,
     pub body: ParsedBody,
+    pub source: Source,
+    pub source_principal: Option<Principal>,
+    pub destination_principal: Option<Principal>,
 }
 
 impl RequestContext {
     /// Parses a CheckRequest. Total: anything Envoy (or an attacker talking
     /// gRPC directly) can send yields a context, never an error or a panic.
-    pub fn from_check(request: CheckRequest, options: ParseOptions) -> Self {
+    pub fn from_check(request: CheckRequest, options: &ParseOptions) -> Self {
         let attributes = request.attributes.unwrap_or_default();
         let http = attributes.request.as_ref().and_then(|r| r.http.as_ref());
         let target = http.map(|h| h.path.as_str()).unwrap_or_default();
@@ -39,10 +64,25 @@ impl RequestContext {
             Some(http) if !options.skip_body => parse_body(http),
             _ => ParsedBody::None,
         };
+        let (peer, peer_port) = peer_address(attributes.source.as_ref());
+        let xff = http.and_then(|h| header(h, "x-forwarded-for"));
+        let source = source::resolve(peer, peer_port, xff, &options.trusted_proxies);
+        let principal = |peer: Option<&Peer>| {
+            let peer = peer?;
+            let id = if peer.principal.is_empty() {
+                spiffe::uri_san_from_certificate(&peer.certificate)?
+            } else {
+                peer.principal.clone()
+            };
+            Some(Principal::new(&id, &options.trust_domains))
+        };
         Self {
             path: ParsedPath::parse(raw_path),
             query: ParsedQuery::parse(raw_query),
             body,
+            source,
+            source_principal: principal(attributes.source.as_ref()),
+            destination_principal: principal(attributes.destination.as_ref()),
             attributes,
         }
     }
@@ -56,6 +96,22 @@ impl RequestContext {
     /// Envoy's `encode_raw_headers`, from `header_map`.
     pub fn header(&self, name: &str) -> Option<&str> {
         header(self.http()?, name)
+    }
+}
+
+fn peer_address(peer: Option<&Peer>) -> (Option<std::net::IpAddr>, Option<u32>) {
+    match peer
+        .and_then(|p| p.address.as_ref())
+        .and_then(|a| a.address.as_ref())
+    {
+        Some(address::Address::SocketAddress(s)) => {
+            let port = match s.port_specifier {
+                Some(socket_address::PortSpecifier::PortValue(port)) => Some(port),
+                _ => None,
+            };
+            (s.address.parse().ok(), port)
+        }
+        _ => (None, None),
     }
 }
 
@@ -326,7 +382,7 @@ mod tests {
     }
 
     fn body_of(headers: &[(&str, &str)], body: &str) -> ParsedBody {
-        RequestContext::from_check(request(headers, body), ParseOptions::default()).body
+        RequestContext::from_check(request(headers, body), &ParseOptions::default()).body
     }
 
     #[test]

@@ -1,0 +1,152 @@
+//! Cost of one whole decision (context, token verification, input, policy,
+//! response) in process, with a token seen before (verified-token cache)
+//! versus a token seen for the first time, for RS256 and ES256.
+//!
+//! `cargo bench --bench identity`; results in BENCHMARKS.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arbiter::Config;
+use arbiter::identity::test_keys::{TestKey, jwks};
+use arbiter::policy::PolicySet;
+use arbiter::proto::auth::CheckRequest;
+use arbiter::server::Shared;
+use criterion::{Criterion, criterion_group, criterion_main};
+use jsonwebtoken::Algorithm;
+
+const POLICY: &str = r#"
+package envoy.authz
+
+import input.attributes.request.http
+
+default allow := {"allowed": false, "reason": "denied"}
+
+allow := {"allowed": true, "headers": {"x-subject": input.identity.subject}} if {
+    input.identity != null
+    required_scope[http.method] in input.identity.scopes
+    net.cidr_contains("10.0.0.0/8", input.attributes.source.address.socketAddress.address)
+}
+
+required_scope := {"GET": "orders:read", "POST": "orders:write"}
+"#;
+
+const TOKENS: usize = 2000;
+
+fn request(token: &str) -> CheckRequest {
+    serde_json::from_value(serde_json::json!({
+        "attributes": {
+            "source": {"address": {"socketAddress": {"address": "10.1.2.3", "portValue": 40000}}},
+            "request": {"http": {
+                "method": "GET", "path": "/api/orders/42?expand=items", "host": "shop", "protocol": "HTTP/2",
+                "headers": {":method": "GET", ":path": "/api/orders/42?expand=items", ":authority": "shop",
+                            "authorization": format!("Bearer {token}"), "accept": "application/json",
+                            "user-agent": "bench/1.0", "x-request-id": "5c1a7e5e-1111-2222-3333-444455556666"}
+            }}
+        }
+    }))
+    .unwrap()
+}
+
+struct Setup {
+    shared: Arc<Shared>,
+    requests: Vec<CheckRequest>,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(runtime: &tokio::runtime::Runtime, alg: Algorithm, cache_size: usize) -> Setup {
+    let key = TestKey::generate("bench", alg).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), jwks(&[&key]).to_string()).unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/p.rego"), POLICY).unwrap();
+    let toml = format!(
+        "[identity]\ntoken_cache_size = {cache_size}\n[[identity.jwt]]\nname = \"idp\"\nissuer = \"https://idp.bench\"\naudiences = [\"api\"]\njwks_file = \"jwks.json\"\nalgorithms = [\"RS256\", \"ES256\"]\n[log]\nlevel = \"error\"\n"
+    );
+    let config = Config::from_toml(&toml, Path::new("bench.toml"), dir.path()).unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let requests = (0..TOKENS)
+        .map(|i| {
+            let token = key
+                .sign(&serde_json::json!({
+                    "iss": "https://idp.bench", "aud": "api", "sub": format!("user-{i}"),
+                    "scope": "orders:read orders:write", "iat": now, "exp": now + 3600
+                }))
+                .unwrap();
+            request(&token)
+        })
+        .collect();
+    let shared = runtime.block_on(async {
+        let policies = PolicySet::load(&config.policy).unwrap();
+        let shared = Arc::new(Shared::new(&config, policies, &reqwest::Client::new()));
+        assert!(
+            shared
+                .authenticator
+                .wait_ready(std::time::Duration::from_secs(5))
+                .await
+        );
+        shared
+    });
+    Setup {
+        shared,
+        requests,
+        _dir: dir,
+    }
+}
+
+fn decisions(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("decision");
+    for (alg, name) in [(Algorithm::RS256, "rs256"), (Algorithm::ES256, "es256")] {
+        let cached = setup(&runtime, alg, 10_000);
+        let response = runtime.block_on(cached.shared.check(cached.requests[0].clone()));
+        assert_eq!(
+            response.status.unwrap().code,
+            0,
+            "the bench request must be allowed"
+        );
+        group.bench_function(format!("{name}_cached_token"), |b| {
+            b.to_async(&runtime)
+                .iter(|| cached.shared.check(cached.requests[0].clone()));
+        });
+        // A one-entry cache and 2000 tokens in turn: every token is verified.
+        let fresh = setup(&runtime, alg, 1);
+        let next = AtomicUsize::new(0);
+        group.bench_function(format!("{name}_new_token"), |b| {
+            b.to_async(&runtime).iter(|| {
+                let i = next.fetch_add(1, Ordering::Relaxed) % TOKENS;
+                fresh.shared.check(fresh.requests[i].clone())
+            });
+        });
+    }
+    let anonymous = setup(&runtime, Algorithm::ES256, 1);
+    let plain = request("x");
+    let mut no_token = plain.clone();
+    if let Some(http) = no_token
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+    {
+        http.headers.remove("authorization");
+    }
+    group.bench_function("no_token_denied", |b| {
+        b.to_async(&runtime)
+            .iter(|| anonymous.shared.check(no_token.clone()));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decisions);
+criterion_main!(benches);
