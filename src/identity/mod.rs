@@ -278,10 +278,9 @@ impl Authenticator {
         let cache_key = token::cache_key(raw);
         let now = token::now();
         if let Some(hit) = self.cache.get(&cache_key) {
-            let provider = self
-                .providers
-                .iter()
-                .find(|p| p.config.name == hit.provider);
+            // Only a token verified for one of these providers counts: a
+            // user's token in the device header is not device posture.
+            let provider = providers.iter().find(|p| p.config.name == hit.provider);
             // A cached token is still checked for time, and against the
             // current keys: a key the IdP withdrew no longer vouches for it.
             let still_keyed = provider
