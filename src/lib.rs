@@ -9,6 +9,7 @@ pub mod admin;
 pub mod config;
 pub mod context;
 pub mod decision;
+pub mod fixtures;
 pub mod identity;
 pub mod input;
 pub mod policy;

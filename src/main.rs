@@ -42,6 +42,15 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Policy directories or files (default: the configured policy paths).
+        paths: Vec<PathBuf>,
+    },
+    /// Run the fixtures (`*.fixtures.yaml`) and Rego unit tests (`*_test.rego`).
+    Test {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Policy directories (default: the configured policy paths).
+        paths: Vec<PathBuf>,
     },
 }
 
@@ -57,7 +66,8 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve { config: None }) {
         Command::Serve { config } => serve(config.as_deref()),
         Command::Eval { config, request } => eval(config.as_deref(), &request),
-        Command::Check { config } => check(config.as_deref()),
+        Command::Check { config, paths } => check(config.as_deref(), paths),
+        Command::Test { config, paths } => test(config.as_deref(), paths),
     };
     match result {
         Ok(code) => code,
@@ -115,9 +125,20 @@ fn eval(config: Option<&Path>, request: &Path) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn check(config: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let config = load_config(config)?;
+fn config_with_paths(config: Option<&Path>, paths: Vec<PathBuf>) -> anyhow::Result<Config> {
+    let mut config = load_config(config)?;
+    if !paths.is_empty() {
+        config.policy.paths = paths;
+    }
+    Ok(config)
+}
+
+fn check(config: Option<&Path>, paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = config_with_paths(config, paths)?;
     let policies = PolicySet::load(&config.policy)?;
+    for warning in arbiter::policy::lint(&config.policy)? {
+        eprintln!("warning: {warning}");
+    }
     println!(
         "ok: {} files, revision {}, decision {}",
         policies.files().len(),
@@ -125,4 +146,19 @@ fn check(config: Option<&Path>) -> anyhow::Result<ExitCode> {
         config.policy.decision
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn test(config: Option<&Path>, paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = config_with_paths(config, paths)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(arbiter::fixtures::run(&config))?;
+    print!("{}", report.render());
+    Ok(if report.failed() == 0 && report.total() > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -98,6 +98,12 @@ impl Shared {
 
     /// Decides one CheckRequest: total, never an error.
     pub async fn check(&self, request: CheckRequest) -> CheckResponse {
+        self.decide(request, false).await.response
+    }
+
+    /// Decides one CheckRequest and, when `keep_input` is set, also returns
+    /// the input document the policy saw (for `arbiter test` and `eval`).
+    pub async fn decide(&self, request: CheckRequest, keep_input: bool) -> Checked {
         let started = Instant::now();
         // Taken once: the request finishes on this set even if a reload swaps another in.
         let policies = self.policies.load_full();
@@ -110,6 +116,7 @@ impl Shared {
         let decision_id = uuid::Uuid::new_v4().to_string();
         let mut eval = std::time::Duration::ZERO;
         let mut subject = None;
+        let mut kept_input = None;
         let decision = match &authentication {
             Authentication::Rejected {
                 error,
@@ -129,6 +136,9 @@ impl Shared {
                     device,
                 };
                 let input = crate::input::build(&ctx, &identity, inventory.as_ref());
+                if keep_input {
+                    kept_input = Some(input.clone());
+                }
                 let eval_started = Instant::now();
                 let outcome = policies.decide(input);
                 eval = eval_started.elapsed();
@@ -166,8 +176,21 @@ impl Shared {
             },
         };
         telemetry::log_decision(&decision.record, &summary, eval, total);
-        decision.response
+        Checked {
+            response: decision.response,
+            record: decision.record,
+            input: kept_input,
+        }
     }
+}
+
+/// One decision with what led to it.
+#[derive(Debug)]
+pub struct Checked {
+    pub response: CheckResponse,
+    pub record: decision::DecisionRecord,
+    /// The input document, when asked for and when the policy was consulted.
+    pub input: Option<regorus::Value>,
 }
 
 /// `envoy.service.auth.v3.Authorization`, a thin adapter over [`Shared::check`].

@@ -2,7 +2,12 @@
 //! trusted proxies, SPIFFE principals (also from a peer certificate), and
 //! device posture that a client cannot forge.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 
@@ -60,7 +65,11 @@ async fn x_forwarded_for_is_believed_only_through_trusted_proxies() {
         ("203.0.113.9", Some("10.0.0.1"), "203.0.113.9"),
         ("203.0.113.9", Some("127.0.0.1, 10.1.1.1"), "203.0.113.9"),
         ("10.0.0.2", Some("198.51.100.7"), "198.51.100.7"),
-        ("10.0.0.2", Some("6.6.6.6, 198.51.100.7, 10.0.0.3"), "198.51.100.7"),
+        (
+            "10.0.0.2",
+            Some("6.6.6.6, 198.51.100.7, 10.0.0.3"),
+            "198.51.100.7",
+        ),
         ("10.0.0.2", Some("garbage"), "10.0.0.2"),
         ("10.0.0.2", Some("1.2.3.4, 999.1.1.1"), "10.0.0.2"),
         ("10.0.0.2", Some("%00, \u{7f}"), "10.0.0.2"),
@@ -72,13 +81,35 @@ async fn x_forwarded_for_is_believed_only_through_trusted_proxies() {
         let headers: Vec<(&str, &str)> = xff.iter().map(|v| ("x-forwarded-for", *v)).collect();
         let meta = seen(&arbiter, &request(peer, &headers, "", "")).await;
         assert_eq!(meta["source"]["ip"], want, "peer {peer}, xff {xff:?}");
-        assert_eq!(meta["source"]["address"].as_str().unwrap().parse::<std::net::IpAddr>().is_ok(), true);
+        assert!(
+            meta["source"]["address"]
+                .as_str()
+                .unwrap()
+                .parse::<std::net::IpAddr>()
+                .is_ok()
+        );
     }
-    let meta = seen(&arbiter, &request("10.0.0.2", &[("x-forwarded-for", "6.6.6.6, 198.51.100.7")], "", "")).await;
-    assert_eq!(meta["source"]["forwarded_for"], json!(["6.6.6.6", "198.51.100.7"]));
+    let meta = seen(
+        &arbiter,
+        &request(
+            "10.0.0.2",
+            &[("x-forwarded-for", "6.6.6.6, 198.51.100.7")],
+            "",
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(
+        meta["source"]["forwarded_for"],
+        json!(["6.6.6.6", "198.51.100.7"])
+    );
     assert_eq!(meta["source"]["trusted_hops"], 1.0);
     // A malformed peer address never becomes a client address.
-    let meta = seen(&arbiter, &request("not-an-ip", &[("x-forwarded-for", "10.0.0.1")], "", "")).await;
+    let meta = seen(
+        &arbiter,
+        &request("not-an-ip", &[("x-forwarded-for", "10.0.0.1")], "", ""),
+    )
+    .await;
     assert_eq!(meta["source"]["ip"], serde_json::Value::Null);
     arbiter.running.shutdown().await;
 }
@@ -86,17 +117,41 @@ async fn x_forwarded_for_is_believed_only_through_trusted_proxies() {
 #[tokio::test]
 async fn spiffe_principals_are_parsed_and_judged_by_trust_domain() {
     let arbiter = TestArbiter::start(&[("p.rego", ECHO_POLICY)], "").await;
-    let meta = seen(&arbiter, &request("10.0.0.1", &[], "spiffe://cluster.local/ns/prod/sa/orders", "")).await;
+    let meta = seen(
+        &arbiter,
+        &request(
+            "10.0.0.1",
+            &[],
+            "spiffe://cluster.local/ns/prod/sa/orders",
+            "",
+        ),
+    )
+    .await;
     assert_eq!(
         meta["source"]["principal"],
         json!({"id": "spiffe://cluster.local/ns/prod/sa/orders", "spiffe": true, "trusted": true,
                "trust_domain": "cluster.local", "path": "/ns/prod/sa/orders", "namespace": "prod", "service_account": "orders"})
     );
-    assert_eq!(meta["destination"]["principal"]["service_account"], "orders");
-    let meta = seen(&arbiter, &request("10.0.0.1", &[], "spiffe://evil.example/ns/prod/sa/orders", "")).await;
+    assert_eq!(
+        meta["destination"]["principal"]["service_account"],
+        "orders"
+    );
+    let meta = seen(
+        &arbiter,
+        &request(
+            "10.0.0.1",
+            &[],
+            "spiffe://evil.example/ns/prod/sa/orders",
+            "",
+        ),
+    )
+    .await;
     assert_eq!(meta["source"]["principal"]["trusted"], false);
     let meta = seen(&arbiter, &request("10.0.0.1", &[], "CN=legacy", "")).await;
-    assert_eq!(meta["source"]["principal"], json!({"id": "CN=legacy", "spiffe": false, "trusted": false}));
+    assert_eq!(
+        meta["source"]["principal"],
+        json!({"id": "CN=legacy", "spiffe": false, "trusted": false})
+    );
     let meta = seen(&arbiter, &request("10.0.0.1", &[], "", "")).await;
     assert_eq!(meta["source"]["principal"], serde_json::Value::Null);
     arbiter.running.shutdown().await;
@@ -106,20 +161,32 @@ async fn spiffe_principals_are_parsed_and_judged_by_trust_domain() {
 async fn the_uri_san_of_a_peer_certificate_is_the_principal() {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.subject_alt_names = vec![rcgen::SanType::URI("spiffe://cluster.local/ns/pay/sa/billing".try_into().unwrap())];
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        "spiffe://cluster.local/ns/pay/sa/billing"
+            .try_into()
+            .unwrap(),
+    )];
     let pem = params.self_signed(&key).unwrap().pem();
-    let encoded = percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let encoded =
+        percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC).to_string();
     let arbiter = TestArbiter::start(&[("p.rego", ECHO_POLICY)], "").await;
     let meta = seen(&arbiter, &request("10.0.0.1", &[], "", &encoded)).await;
     assert_eq!(meta["source"]["principal"]["namespace"], "pay");
     assert_eq!(meta["source"]["principal"]["service_account"], "billing");
-    let meta = seen(&arbiter, &request("10.0.0.1", &[], "", "not%20a%20certificate")).await;
+    let meta = seen(
+        &arbiter,
+        &request("10.0.0.1", &[], "", "not%20a%20certificate"),
+    )
+    .await;
     assert_eq!(meta["source"]["principal"], serde_json::Value::Null);
     arbiter.running.shutdown().await;
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 struct DeviceSetup {
@@ -185,7 +252,11 @@ async fn verified_device_posture_bound_to_the_user() {
     let bob = format!("Bearer {}", user_token(&s.user_key, "bob"));
     let good = posture(&s.device_key, json!({}));
 
-    let device = device_seen(&s, &[("authorization", &alice), ("x-device-posture", &good)]).await;
+    let device = device_seen(
+        &s,
+        &[("authorization", &alice), ("x-device-posture", &good)],
+    )
+    .await;
     assert_eq!(device["verified"], true);
     assert_eq!(device["id"], "laptop-42");
     assert_eq!(device["compliant"], true);
@@ -219,21 +290,58 @@ async fn forged_expired_stale_and_misplaced_posture_is_refused() {
     let alice = format!("Bearer {}", user_token(&s.user_key, "alice"));
     let forger = TestKey::generate("d", Algorithm::ES256).unwrap();
     let cases = [
-        ("forged", posture(&forger, json!({})), "token_signature_invalid"),
-        ("expired", posture(&s.device_key, json!({"exp": now() - 120})), "token_expired"),
-        ("stale", posture(&s.device_key, json!({"iat": now() - 7200, "exp": now() + 600})), "device_posture_stale"),
-        ("wrong audience", posture(&s.device_key, json!({"aud": "other"})), "token_wrong_audience"),
-        ("a user token in the posture header", user_token(&s.user_key, "alice"), "token_unknown_issuer"),
+        (
+            "forged",
+            posture(&forger, json!({})),
+            "token_signature_invalid",
+        ),
+        (
+            "expired",
+            posture(&s.device_key, json!({"exp": now() - 120})),
+            "token_expired",
+        ),
+        (
+            "stale",
+            posture(
+                &s.device_key,
+                json!({"iat": now() - 7200, "exp": now() + 600}),
+            ),
+            "device_posture_stale",
+        ),
+        (
+            "wrong audience",
+            posture(&s.device_key, json!({"aud": "other"})),
+            "token_wrong_audience",
+        ),
+        (
+            "a user token in the posture header",
+            user_token(&s.user_key, "alice"),
+            "token_unknown_issuer",
+        ),
         ("garbage", "compliant".to_owned(), "token_malformed"),
     ];
     for (name, token, want) in cases {
-        let device = device_seen(&s, &[("authorization", &alice), ("x-device-posture", &token)]).await;
+        let device = device_seen(
+            &s,
+            &[("authorization", &alice), ("x-device-posture", &token)],
+        )
+        .await;
         assert_eq!(device["verified"], false, "{name}: {device}");
         assert_eq!(device["error"], want, "{name}");
-        assert!(device.get("compliant").is_none(), "{name}: an unverified token's claims must not reach the policy");
+        assert!(
+            device.get("compliant").is_none(),
+            "{name}: an unverified token's claims must not reach the policy"
+        );
     }
     // A compliance header from the client is ignored unless a trusted edge is configured.
-    let device = device_seen(&s, &[("authorization", &alice), ("x-device-compliance", "compliant")]).await;
+    let device = device_seen(
+        &s,
+        &[
+            ("authorization", &alice),
+            ("x-device-compliance", "compliant"),
+        ],
+    )
+    .await;
     assert_eq!(device, serde_json::Value::Null);
     s.arbiter.running.shutdown().await;
 }
@@ -242,10 +350,20 @@ async fn forged_expired_stale_and_misplaced_posture_is_refused() {
 async fn a_trusted_edge_header_is_used_only_when_configured_and_never_verified() {
     let s = device_setup(ECHO_POLICY, "trusted_edge_header = \"x-device-compliance\"").await;
     let device = device_seen(&s, &[("x-device-compliance", "compliant")]).await;
-    assert_eq!(device, json!({"id": null, "verified": false, "compliant": true, "source": "edge_header"}));
+    assert_eq!(
+        device,
+        json!({"id": null, "verified": false, "compliant": true, "source": "edge_header"})
+    );
     // A posture token, when present, takes precedence over the header.
     let good = posture(&s.device_key, json!({"user": null}));
-    let device = device_seen(&s, &[("x-device-compliance", "noncompliant"), ("x-device-posture", &good)]).await;
+    let device = device_seen(
+        &s,
+        &[
+            ("x-device-compliance", "noncompliant"),
+            ("x-device-posture", &good),
+        ],
+    )
+    .await;
     assert_eq!(device["verified"], true);
     s.arbiter.running.shutdown().await;
 }

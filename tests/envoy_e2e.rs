@@ -210,23 +210,47 @@ async fn client_ip_seen(s: &Stack, xff: Option<&str>) -> (String, String) {
     let response = request.send().await.unwrap();
     assert_eq!(response.status(), 200);
     let echo: Echo = serde_json::from_str(&response.text().await.unwrap()).unwrap();
-    (echo.headers["x-client-ip"][0].clone(), echo.headers["x-peer"][0].clone())
+    (
+        echo.headers["x-client-ip"][0].clone(),
+        echo.headers["x-peer"][0].clone(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spoofed_x_forwarded_for_does_not_move_the_client() {
-    let Some(s) = stack_with(SOURCE_POLICY, "").await else { return };
-    assert_eq!(client_ip_seen(&s, Some("198.51.100.7")).await, ("127.0.0.1".into(), "127.0.0.1".into()));
-    assert_eq!(client_ip_seen(&s, Some("garbage, ::zz")).await, ("127.0.0.1".into(), "127.0.0.1".into()));
-    assert_eq!(client_ip_seen(&s, None).await, ("127.0.0.1".into(), "127.0.0.1".into()));
+    let Some(s) = stack_with(SOURCE_POLICY, "").await else {
+        return;
+    };
+    assert_eq!(
+        client_ip_seen(&s, Some("198.51.100.7")).await,
+        ("127.0.0.1".into(), "127.0.0.1".into())
+    );
+    assert_eq!(
+        client_ip_seen(&s, Some("garbage, ::zz")).await,
+        ("127.0.0.1".into(), "127.0.0.1".into())
+    );
+    assert_eq!(
+        client_ip_seen(&s, None).await,
+        ("127.0.0.1".into(), "127.0.0.1".into())
+    );
     s.arbiter.running.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_forwarded_for_through_a_trusted_proxy_names_the_client() {
     // Here the test client plays a trusted proxy on 127.0.0.1 in front of Envoy.
-    let Some(s) = stack_with(SOURCE_POLICY, "[context]\ntrusted_proxies = [\"127.0.0.1\"]").await else { return };
-    assert_eq!(client_ip_seen(&s, Some("6.6.6.6, 198.51.100.7")).await.0, "198.51.100.7");
+    let Some(s) = stack_with(
+        SOURCE_POLICY,
+        "[context]\ntrusted_proxies = [\"127.0.0.1\"]",
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(
+        client_ip_seen(&s, Some("6.6.6.6, 198.51.100.7")).await.0,
+        "198.51.100.7"
+    );
     assert_eq!(client_ip_seen(&s, Some("not-an-ip")).await.0, "127.0.0.1");
     s.arbiter.running.shutdown().await;
 }

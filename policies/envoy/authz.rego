@@ -1,31 +1,44 @@
-# The default decision for Envoy's ext_authz (decision path envoy/authz/allow).
+# The decision Envoy asks for (decision path envoy/authz/allow).
 #
-# Zero trust: nothing is allowed unless a rule below allows it, and every
-# deny names its reason. What is allowed:
-#   - anyone may GET or HEAD the public pages under /public/;
-#   - a workload may call the routes data.arbiter.services grants to its
-#     SPIFFE ID, which Envoy takes from the mTLS peer certificate (a client
-#     cannot set it with a header).
+# Zero trust: nothing is allowed unless some rule grants it, any denial
+# overrides every grant, and every deny carries a machine-readable reason
+# (sent in x-arbiter-reason, recorded in the decision log and metrics).
+# The patterns live in policies/lib/; their settings in policies/data.json.
 package envoy.authz
 
-import input.attributes.request.http
+import data.lib
 
 default allow := {"allowed": false, "http_status": 403, "reason": "no_matching_rule"}
 
+allow := {"allowed": true, "headers": allow_headers} if {
+	count(denials) == 0
+	count(grants) > 0
+}
+
 allow := {
-	"allowed": true,
-	"headers": {"x-arbiter-rule": first(matched)},
-} if count(matched) > 0
+	"allowed": false,
+	"http_status": status,
+	"reason": first_denial,
+	"headers": deny_headers,
+} if count(denials) > 0
 
-matched contains "public" if {
-	http.method in {"GET", "HEAD"}
-	input.parsed_path[0] == "public"
-}
+grants := (((lib.public.grants | lib.services.grants) | lib.permissions.grants) | lib.tenancy.grants) | lib.jit.grants
 
-matched contains "service_grant" if {
-	some grant in data.arbiter.services[input.attributes.source.principal]
-	http.method in grant.methods
-	glob.match(grant.path, ["/"], concat("/", array.concat([""], input.parsed_path)))
-}
+denials := (((lib.hygiene.denials | lib.network.denials) | lib.device.denials) | lib.stepup.denials) | lib.tenancy.denials
 
-first(names) := sort(names)[0]
+first_denial := sort(denials)[0]
+
+allow_headers["x-arbiter-rule"] := sort(grants)[0]
+
+allow_headers["x-user"] := input.identity.subject if input.identity.subject
+
+# Step-up failures ask the client to authenticate again (RFC 9470).
+step_up := {"mfa_required", "reauthentication_required"}
+
+default status := 403
+
+status := 401 if first_denial in step_up
+
+default deny_headers := {}
+
+deny_headers := {"www-authenticate": "Bearer error=\"insufficient_user_authentication\""} if first_denial in step_up

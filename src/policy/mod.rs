@@ -367,6 +367,39 @@ fn parse_data(path: &Path, text: &str) -> Result<Value, PolicyError> {
     Ok(value)
 }
 
+/// Built-ins that compile in Arbiter but never do what a policy expects.
+const SILENT_BUILTINS: [(&str, &str); 2] = [
+    (
+        "http.send(",
+        "http.send sends nothing in Arbiter and is always undefined; use [[identity.jwt]] providers for keys and data files for data",
+    ),
+    (
+        "opa.runtime(",
+        "opa.runtime() has no OPA runtime behind it in Arbiter",
+    ),
+];
+
+/// Warnings about policies that compile but silently never work in
+/// Arbiter, each with its file and line.
+///
+/// # Errors
+/// A policy file cannot be read.
+pub fn lint(config: &PolicyConfig) -> Result<Vec<String>, PolicyError> {
+    let sources = collect(&config.paths)?;
+    let mut warnings = Vec::new();
+    for (path, text) in &sources.rego {
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split('#').next().unwrap_or_default();
+            for (needle, why) in SILENT_BUILTINS {
+                if let Some(col) = code.find(needle) {
+                    warnings.push(format!("{}:{}:{}: {why}", path.display(), n + 1, col + 1));
+                }
+            }
+        }
+    }
+    Ok(warnings)
+}
+
 const DATA_FILE_NAMES: [&str; 3] = ["data.json", "data.yaml", "data.yml"];
 
 fn collect(paths: &[PathBuf]) -> Result<SourceFiles, PolicyError> {

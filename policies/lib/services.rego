@@ -1,0 +1,17 @@
+# Service-to-service allow-list by SPIFFE ID, in the style of Istio's
+# AuthorizationPolicy: each rule in data.config.service_rules names the
+# calling principals and the methods and path globs they may use. Only a
+# principal from a trusted trust domain counts; Envoy takes it from the
+# peer's mTLS certificate, so no header can claim it.
+package lib.services
+
+import data.lib.util
+
+grants contains "service" if {
+	input.source.principal.trusted
+	some rule in data.config.service_rules
+	util.principal_name in rule.from.principals
+	util.method in rule.to.methods
+	some pattern in rule.to.paths
+	glob.match(pattern, ["/"], util.path)
+}
