@@ -1,0 +1,18 @@
+# Multi-stage build: compile in the Rust image, run from a small distroless
+# image as a non-root user.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto proto
+COPY src src
+COPY benches benches
+RUN cargo build --release --locked --bin arbiter
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/arbiter /usr/local/bin/arbiter
+COPY policies /etc/arbiter/policies
+COPY deploy/docker/arbiter.toml /etc/arbiter/arbiter.toml
+USER nonroot:nonroot
+EXPOSE 9191 8181
+ENTRYPOINT ["/usr/local/bin/arbiter"]
+CMD ["serve", "--config", "/etc/arbiter/arbiter.toml"]
