@@ -200,33 +200,37 @@ impl Metrics {
 /// JWKS fetches, failures and key age per provider, and the token cache size.
 pub fn render_identity(out: &mut String, authenticator: &crate::identity::Authenticator) {
     use std::sync::atomic::Ordering::Relaxed;
-    out.push_str("# HELP arbiter_jwks_fetches_total JWKS fetches, by provider.\n# TYPE arbiter_jwks_fetches_total counter\n");
-    for (name, store) in authenticator.key_stores() {
-        let _ = writeln!(
-            out,
-            "arbiter_jwks_fetches_total{{provider=\"{}\"}} {}",
-            escape_label(name),
-            store.stats.fetches.load(Relaxed)
-        );
-    }
-    out.push_str("# HELP arbiter_jwks_fetch_failures_total Failed JWKS fetches, by provider.\n# TYPE arbiter_jwks_fetch_failures_total counter\n");
-    for (name, store) in authenticator.key_stores() {
-        let _ = writeln!(
-            out,
-            "arbiter_jwks_fetch_failures_total{{provider=\"{}\"}} {}",
-            escape_label(name),
-            store.stats.failures.load(Relaxed)
-        );
-    }
-    out.push_str("# HELP arbiter_jwks_key_age_seconds Age of the keys in use, by provider.\n# TYPE arbiter_jwks_key_age_seconds gauge\n");
-    for (name, store) in authenticator.key_stores() {
-        if let Some(age) = store.key_age() {
-            let _ = writeln!(
-                out,
-                "arbiter_jwks_key_age_seconds{{provider=\"{}\"}} {}",
-                escape_label(name),
-                age.as_secs_f64()
-            );
+    type Reading = fn(&crate::identity::KeyStore) -> Option<f64>;
+    let families: [(&str, &str, &str, Reading); 3] = [
+        (
+            "arbiter_jwks_fetches_total",
+            "counter",
+            "JWKS fetches, by provider.",
+            |s| Some(s.stats.fetches.load(Relaxed) as f64),
+        ),
+        (
+            "arbiter_jwks_fetch_failures_total",
+            "counter",
+            "Failed JWKS fetches, by provider.",
+            |s| Some(s.stats.failures.load(Relaxed) as f64),
+        ),
+        (
+            "arbiter_jwks_key_age_seconds",
+            "gauge",
+            "Age of the keys in use, by provider.",
+            |s| s.key_age().map(|a| a.as_secs_f64()),
+        ),
+    ];
+    for (name, kind, help, read) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (provider, store) in authenticator.key_stores() {
+            if let Some(value) = read(store) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{provider=\"{}\"}} {value}",
+                    escape_label(provider)
+                );
+            }
         }
     }
     out.push_str("# HELP arbiter_token_cache_entries Verified tokens cached.\n# TYPE arbiter_token_cache_entries gauge\n");
