@@ -254,3 +254,160 @@ async fn x_forwarded_for_through_a_trusted_proxy_names_the_client() {
     assert_eq!(client_ip_seen(&s, Some("not-an-ip")).await.0, "127.0.0.1");
     s.arbiter.running.shutdown().await;
 }
+
+/// Sensitive paths need a verified, compliant device bound to the user.
+const DEVICE_POLICY: &str = r#"
+package envoy.authz
+
+default allow := {"allowed": false, "reason": "device_not_verified"}
+
+allow := {"allowed": true} if {
+  input.device.verified
+  input.device.compliant == true
+}
+
+allow := {"allowed": false, "reason": "device_not_compliant"} if {
+  input.device.verified
+  not input.device.compliant == true
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_posture_through_envoy_cannot_be_forged() {
+    use arbiter::identity::test_keys::{TestKey, jwks};
+    use jsonwebtoken::Algorithm;
+    let user_key = TestKey::generate("u", Algorithm::RS256).unwrap();
+    let device_key = TestKey::generate("d", Algorithm::ES256).unwrap();
+    let forger = TestKey::generate("d", Algorithm::ES256).unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    std::fs::write(keys.path().join("u.json"), jwks(&[&user_key]).to_string()).unwrap();
+    std::fs::write(keys.path().join("d.json"), jwks(&[&device_key]).to_string()).unwrap();
+    let config = format!(
+        "[[identity.jwt]]\nname = \"idp\"\nissuer = \"https://idp.test\"\naudiences = [\"api\"]\njwks_file = \"{}\"\n\
+         [device]\nmax_age = \"10m\"\n[device.jwt]\nname = \"mdm\"\nissuer = \"https://mdm.test\"\naudiences = [\"arbiter\"]\njwks_file = \"{}\"\nalgorithms = [\"ES256\"]\n",
+        keys.path().join("u.json").display(),
+        keys.path().join("d.json").display()
+    );
+    let Some(s) = stack_with(DEVICE_POLICY, &config).await else {
+        return;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let user = |sub: &str| {
+        user_key
+            .sign(&serde_json::json!({"iss": "https://idp.test", "aud": "api", "sub": sub, "exp": now + 600}))
+            .unwrap()
+    };
+    let posture = |key: &TestKey, owner: &str, compliant: bool, iat: u64| {
+        key.sign(&serde_json::json!({
+            "iss": "https://mdm.test", "aud": "arbiter", "sub": "laptop-1", "user": owner,
+            "compliant": compliant, "iat": iat, "exp": now + 600
+        }))
+        .unwrap()
+    };
+    let send =
+        |token: String, device: Option<String>, extra: Option<(&'static str, &'static str)>| {
+            let mut request = s.http.get(s.envoy.url("/payments")).bearer_auth(token);
+            if let Some(device) = device {
+                request = request.header("x-device-posture", device);
+            }
+            if let Some((k, v)) = extra {
+                request = request.header(k, v);
+            }
+            request.send()
+        };
+    let cases = [
+        (
+            "valid",
+            send(
+                user("alice"),
+                Some(posture(&device_key, "alice", true, now)),
+                None,
+            )
+            .await
+            .unwrap(),
+            200,
+            "",
+        ),
+        (
+            "forged",
+            send(
+                user("alice"),
+                Some(posture(&forger, "alice", true, now)),
+                None,
+            )
+            .await
+            .unwrap(),
+            403,
+            "device_not_verified",
+        ),
+        (
+            "stale",
+            send(
+                user("alice"),
+                Some(posture(&device_key, "alice", true, now - 3600)),
+                None,
+            )
+            .await
+            .unwrap(),
+            403,
+            "device_not_verified",
+        ),
+        (
+            "another user's",
+            send(
+                user("bob"),
+                Some(posture(&device_key, "alice", true, now)),
+                None,
+            )
+            .await
+            .unwrap(),
+            403,
+            "device_not_verified",
+        ),
+        (
+            "non-compliant",
+            send(
+                user("alice"),
+                Some(posture(&device_key, "alice", false, now)),
+                None,
+            )
+            .await
+            .unwrap(),
+            403,
+            "device_not_compliant",
+        ),
+        (
+            "missing",
+            send(user("alice"), None, None).await.unwrap(),
+            403,
+            "device_not_verified",
+        ),
+        (
+            "a compliance header",
+            send(
+                user("alice"),
+                None,
+                Some(("x-device-compliance", "compliant")),
+            )
+            .await
+            .unwrap(),
+            403,
+            "device_not_verified",
+        ),
+    ];
+    for (name, response, status, reason) in cases {
+        assert_eq!(response.status(), status, "{name}");
+        if !reason.is_empty() {
+            assert_eq!(response.headers()["x-arbiter-reason"], reason, "{name}");
+        }
+    }
+    assert_eq!(
+        s.upstream.hits.load(Ordering::SeqCst),
+        1,
+        "only the valid posture got through"
+    );
+    s.arbiter.running.shutdown().await;
+}
