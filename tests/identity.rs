@@ -549,3 +549,32 @@ async fn oidc_discovery_and_cookie_tokens() {
     assert!(!is_allowed(&response));
     arbiter.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn keys_are_refreshed_in_the_background_as_cache_control_allows() {
+    let key = TestKey::generate("k", Algorithm::RS256).unwrap();
+    let idp = Idp::start(jwks(&[&key])).await;
+    idp.set_cache_control("public, max-age=1");
+    let toml = provider_toml(&idp, "")
+        .replace("refresh_min = \"1h\"", "refresh_min = \"1s\"")
+        .replace("refresh_max = \"1h\"", "refresh_max = \"2s\"");
+    let arbiter = TestArbiter::start(&[("p.rego", POLICY)], &toml).await;
+    let start = idp.fetches();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let refreshed = idp.fetches() - start;
+    assert!(
+        (2..=4).contains(&refreshed),
+        "max-age=1 within [1s, 2s]: {refreshed} background fetches in 3.5 s"
+    );
+
+    // A huge max-age is capped at refresh_max; no-store is raised to refresh_min.
+    idp.set_cache_control("max-age=86400");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let before = idp.fetches();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        idp.fetches() > before,
+        "max-age above refresh_max must not stop refreshes"
+    );
+    arbiter.running.shutdown().await;
+}
