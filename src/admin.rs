@@ -57,6 +57,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         "ready": ready,
         "policy_revision": shared.policies.load().revision().to_string(),
         "identity_providers": providers,
+        "last_reload_error": shared.reload_status.last_error.load().as_deref().cloned(),
     });
     let status = if ready {
         StatusCode::OK
@@ -74,6 +75,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let revision = shared.policies.load().revision().to_string();
     let mut text = shared.metrics.render(&revision, shared.is_ready());
     crate::telemetry::render_identity(&mut text, &shared.authenticator);
+    crate::telemetry::render_reloads(&mut text, &shared.reload_status);
     (
         [(
             header::CONTENT_TYPE,

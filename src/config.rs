@@ -183,6 +183,10 @@ pub struct PolicyConfig {
     pub strict_builtin_errors: bool,
     /// Leave `parsed_body` null, as OPA's `skip-request-body-parse`.
     pub skip_request_body_parse: bool,
+    /// How often policy, data and JWKS files are checked for changes;
+    /// `"0s"` to reload on SIGHUP only.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
 }
 
 impl Default for PolicyConfig {
@@ -194,6 +198,7 @@ impl Default for PolicyConfig {
             eval_timeout: Duration::from_millis(50),
             strict_builtin_errors: false,
             skip_request_body_parse: false,
+            reload_interval: Duration::from_secs(1),
         }
     }
 }

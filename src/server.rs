@@ -54,6 +54,7 @@ impl Readiness {
 /// State shared by the gRPC service and the admin endpoints.
 pub struct Shared {
     pub policies: ArcSwap<PolicySet>,
+    pub reload_status: crate::policy::reload::ReloadStatus,
     pub authenticator: Authenticator,
     pub metrics: Metrics,
     pub readiness: Readiness,
@@ -70,6 +71,7 @@ impl Shared {
         let reason_header = Some(config.decision.reason_header.clone()).filter(|h| !h.is_empty());
         Self {
             policies: ArcSwap::from_pointee(policies),
+            reload_status: Default::default(),
             authenticator: Authenticator::start(&config.identity, &config.device, http),
             metrics: Metrics::default(),
             readiness: Readiness {
@@ -285,6 +287,20 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         Arc::clone(&shared),
         shutdown_rx.clone(),
     ));
+    // Listening for SIGHUP starts here, before "serving" is announced, so
+    // that a SIGHUP sent after that never meets the default action (exit).
+    #[cfg(unix)]
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP"))
+        .ok();
+    #[cfg(not(unix))]
+    let hangup = None;
+    tokio::spawn(watch_for_reload(
+        Arc::clone(&shared),
+        config.policy.clone(),
+        hangup,
+        shutdown_rx.clone(),
+    ));
     let service = AuthorizationServer::new(CheckService {
         shared: Arc::clone(&shared),
     })
@@ -331,6 +347,64 @@ async fn publish_health(health: &tonic_health::server::HealthReporter, ready: bo
             status,
         )
         .await;
+}
+
+/// Reloads policies and JWKS files when they change on disk (polled every
+/// `reload_interval`) or on SIGHUP, until shutdown.
+#[cfg(unix)]
+type Hangup = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangup = ();
+
+async fn watch_for_reload(
+    shared: Arc<Shared>,
+    policy: crate::config::PolicyConfig,
+    mut hangup: Option<Hangup>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use crate::policy::reload;
+    let key_files = shared.authenticator.key_files();
+    let mut policy_print = reload::fingerprint(&policy.paths);
+    let mut keys_print = reload::fingerprint(&key_files);
+    let interval = reload::watch_interval(&policy);
+    loop {
+        #[cfg(unix)]
+        let signal = async {
+            match hangup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let signal = {
+            let _ = &mut hangup;
+            std::future::pending::<Option<()>>()
+        };
+        let tick = async {
+            match interval {
+                Some(every) => tokio::time::sleep(every).await,
+                None => std::future::pending().await,
+            }
+        };
+        let forced = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = signal => {
+                tracing::info!("SIGHUP: reloading policies and key files");
+                true
+            }
+            () = tick => false,
+        };
+        let now = reload::fingerprint(&policy.paths);
+        if forced || now != policy_print {
+            policy_print = now;
+            let _ = reload::reload(&policy, &shared.policies, &shared.reload_status).await;
+        }
+        let now = reload::fingerprint(&key_files);
+        if forced || now != keys_print {
+            keys_print = now;
+            shared.authenticator.reload_key_files().await;
+        }
+    }
 }
 
 /// Keeps the gRPC health service in step with readiness (keys arriving or

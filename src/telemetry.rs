@@ -241,6 +241,21 @@ pub fn render_identity(out: &mut String, authenticator: &crate::identity::Authen
     );
 }
 
+/// Policy reloads and rejected reloads.
+pub fn render_reloads(out: &mut String, status: &crate::policy::reload::ReloadStatus) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = writeln!(
+        out,
+        "# HELP arbiter_policy_reloads_total Policy sets swapped in by reload.\n# TYPE arbiter_policy_reloads_total counter\narbiter_policy_reloads_total {}",
+        status.reloads.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP arbiter_policy_reload_failures_total Reloads rejected; the previous set kept serving.\n# TYPE arbiter_policy_reload_failures_total counter\narbiter_policy_reload_failures_total {}",
+        status.failures.load(Relaxed)
+    );
+}
+
 fn escape_label(value: &str) -> String {
     value
         .replace('\\', "\\\\")

@@ -302,6 +302,14 @@ impl KeyStore {
         Ok(set)
     }
 
+    /// The file the keys come from, for a `jwks_file` provider.
+    pub fn file(&self) -> Option<&std::path::Path> {
+        match &self.source {
+            KeySource::File(path) => Some(path),
+            _ => None,
+        }
+    }
+
     pub fn has_keys(&self) -> bool {
         self.keys().is_ok()
     }

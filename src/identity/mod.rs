@@ -190,6 +190,21 @@ impl Authenticator {
             .map(|p| (p.config.name.as_str(), p.keys.as_ref()))
     }
 
+    /// The JWKS files of `jwks_file` providers, for the reload watcher.
+    pub fn key_files(&self) -> Vec<std::path::PathBuf> {
+        self.all_providers()
+            .filter_map(|p| p.keys.file().map(std::path::Path::to_owned))
+            .collect()
+    }
+
+    /// Reads every `jwks_file` provider's keys again. A file that does not
+    /// hold usable keys is rejected and the previous keys stay.
+    pub async fn reload_key_files(&self) {
+        for provider in self.all_providers().filter(|p| p.keys.file().is_some()) {
+            let _ = provider.keys.refresh().await;
+        }
+    }
+
     pub fn token_cache_len(&self) -> usize {
         self.cache.len()
     }

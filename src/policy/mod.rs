@@ -7,6 +7,7 @@
 pub mod builtins;
 mod net;
 mod outcome;
+pub mod reload;
 
 use std::collections::BTreeMap;
 use std::fmt;
