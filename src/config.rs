@@ -129,6 +129,21 @@ pub struct ServerConfig {
     pub grpc_addr: SocketAddr,
     /// Largest CheckRequest accepted, in bytes (OPA's plugin: 4 MiB).
     pub max_request_bytes: usize,
+    /// TLS on the gRPC listener; plaintext when absent.
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS for the gRPC listener, with rustls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server.
+    pub cert_file: PathBuf,
+    /// PEM private key of the server.
+    pub key_file: PathBuf,
+    /// PEM CA certificates; when set, every client (Envoy) must present a
+    /// certificate they issued (mutual TLS), so only the enforcement points can ask.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -136,6 +151,7 @@ impl Default for ServerConfig {
         Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 9191)),
             max_request_bytes: 4 * 1024 * 1024,
+            tls: None,
         }
     }
 }

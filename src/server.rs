@@ -30,6 +30,13 @@ pub enum StartError {
     Policy(#[from] PolicyError),
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
+    #[error("TLS: cannot read {path}: {source}")]
+    TlsFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -306,8 +313,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     })
     .max_decoding_message_size(config.server.max_request_bytes);
     let mut grpc_shutdown = shutdown_rx.clone();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.server.tls {
+        builder = builder
+            .tls_config(server_tls(tls)?)
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+    }
     let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .add_service(health_service)
             .add_service(service)
             .serve_with_incoming_shutdown(
@@ -462,6 +475,30 @@ async fn wait_for_stop_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+fn server_tls(
+    tls: &crate::config::TlsConfig,
+) -> Result<tonic::transport::ServerTlsConfig, StartError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| StartError::TlsFile {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let identity =
+        tonic::transport::Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?);
+    let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+    match &tls.client_ca_file {
+        Some(ca) => {
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+            tracing::info!("gRPC listener: TLS, client certificates required");
+        }
+        None => tracing::warn!(
+            "gRPC listener: TLS without client certificates; anyone who reaches the port can ask for decisions"
+        ),
+    }
+    Ok(config)
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {

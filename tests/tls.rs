@@ -1,0 +1,141 @@
+//! TLS and mutual TLS on the gRPC listener, with certificates made by rcgen
+//! at test time: a good client certificate, none, and one from another CA.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use arbiter::proto::auth::CheckRequest;
+use arbiter::proto::auth::authorization_client::AuthorizationClient;
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+fn new_ca(name: &str) -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let pem = params.self_signed(&key).unwrap().pem();
+    Ca {
+        issuer: Issuer::new(params, key),
+        pem,
+    }
+}
+
+/// (certificate PEM, key PEM) issued by `ca` for the given names.
+fn leaf(ca: &Ca, names: &[&str]) -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+    (
+        params.signed_by(&key, &ca.issuer).unwrap().pem(),
+        key.serialize_pem(),
+    )
+}
+
+const POLICY: &str = "package envoy.authz\nallow := true\n";
+
+async fn tls_arbiter(mutual: bool) -> (TestArbiter, Ca) {
+    let ca = new_ca("arbiter test CA");
+    let (cert, key) = leaf(&ca, &["localhost", "127.0.0.1"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("server.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("server.key"), key).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+    let client_ca = if mutual {
+        format!(
+            "client_ca_file = \"{}\"\n",
+            dir.path().join("ca.pem").display()
+        )
+    } else {
+        String::new()
+    };
+    let toml = format!(
+        "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n{client_ca}",
+        dir.path().join("server.pem").display(),
+        dir.path().join("server.key").display()
+    );
+    let arbiter = TestArbiter::start(&[("p.rego", POLICY)], &toml).await;
+    std::mem::forget(dir);
+    (arbiter, ca)
+}
+
+async fn connect(
+    arbiter: &TestArbiter,
+    ca: &Ca,
+    client: Option<(String, String)>,
+) -> Result<AuthorizationClient<Channel>, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .domain_name("localhost")
+        .ca_certificate(Certificate::from_pem(&ca.pem));
+    if let Some((cert, key)) = client {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    let channel = Endpoint::from_shared(format!("https://{}", arbiter.running.grpc_addr))?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    Ok(AuthorizationClient::new(channel))
+}
+
+async fn check(
+    client: Result<AuthorizationClient<Channel>, tonic::transport::Error>,
+) -> Result<bool, String> {
+    let mut client = client.map_err(|e| format!("connect: {e}"))?;
+    let request: CheckRequest = serde_json::from_str(&http_request("GET", "/", &[], "")).unwrap();
+    let response = client
+        .check(request)
+        .await
+        .map_err(|e| format!("check: {e}"))?
+        .into_inner();
+    Ok(is_allowed(&response))
+}
+
+#[tokio::test]
+async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
+    let (arbiter, ca) = tls_arbiter(true).await;
+    let good = leaf(&ca, &["envoy.example"]);
+    assert_eq!(
+        check(connect(&arbiter, &ca, Some(good)).await).await,
+        Ok(true)
+    );
+
+    assert!(
+        check(connect(&arbiter, &ca, None).await).await.is_err(),
+        "a client without a certificate was answered"
+    );
+
+    let stranger = new_ca("some other CA");
+    let wrong = leaf(&stranger, &["envoy.example"]);
+    assert!(
+        check(connect(&arbiter, &ca, Some(wrong)).await)
+            .await
+            .is_err(),
+        "a certificate from another CA was accepted"
+    );
+
+    // Plaintext gRPC to a TLS listener gets nowhere either.
+    let plain = AuthorizationClient::connect(format!("http://{}", arbiter.running.grpc_addr)).await;
+    assert!(check(plain).await.is_err());
+    arbiter.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn tls_without_client_certificates() {
+    let (arbiter, ca) = tls_arbiter(false).await;
+    assert_eq!(check(connect(&arbiter, &ca, None).await).await, Ok(true));
+    arbiter.running.shutdown().await;
+}
