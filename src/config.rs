@@ -131,6 +131,14 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// TLS on the gRPC listener; plaintext when absent.
     pub tls: Option<TlsConfig>,
+    /// Decisions in progress at once; further requests wait (back-pressure)
+    /// until their deadline, then get a 503 deny with reason `overloaded`.
+    pub max_concurrent_decisions: usize,
+    /// The longest a decision may take, queueing included. A shorter
+    /// deadline from the caller's `grpc-timeout` is honoured (90% of it, so
+    /// the deny reaches Envoy before Envoy gives up).
+    #[serde(with = "humantime_serde")]
+    pub decision_timeout: Duration,
 }
 
 /// TLS for the gRPC listener, with rustls.
@@ -152,6 +160,8 @@ impl Default for ServerConfig {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 9191)),
             max_request_bytes: 4 * 1024 * 1024,
             tls: None,
+            max_concurrent_decisions: 1024,
+            decision_timeout: Duration::from_millis(200),
         }
     }
 }
@@ -638,6 +648,12 @@ impl Config {
             });
         }
         self.validate_identity()?;
+        if self.server.max_concurrent_decisions == 0 || self.server.decision_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                path: "server.max_concurrent_decisions / server.decision_timeout".into(),
+                message: "must be greater than zero".into(),
+            });
+        }
         if self.server.max_request_bytes < 1024 {
             return Err(ConfigError::Invalid {
                 path: "server.max_request_bytes".into(),

@@ -49,6 +49,10 @@ pub enum DenyReason {
     Timeout,
     /// The request's token was rejected before the policy was asked.
     Token(TokenError),
+    /// Too many decisions in progress: the request waited until its deadline.
+    Overloaded,
+    /// The decision did not finish before its deadline.
+    DeadlineExceeded,
     /// Something else on the decision path failed.
     Internal,
 }
@@ -64,6 +68,8 @@ impl DenyReason {
             Self::PolicyError => "policy_error",
             Self::Timeout => "policy_timeout",
             Self::Token(error) => error.label(),
+            Self::Overloaded => "overloaded",
+            Self::DeadlineExceeded => "deadline_exceeded",
             Self::Internal => "internal_error",
         }
     }
@@ -205,6 +211,31 @@ pub fn reject_token(error: TokenError, options: &DecisionOptions, decision_id: S
     let mut outcome = PolicyOutcome::default();
     outcome.headers = headers;
     let response = deny(&outcome, &reason, status, options, &record.decision_id);
+    Decision { response, record }
+}
+
+/// A request that could not be decided in time: 503, fail closed.
+pub fn unavailable(reason: DenyReason, options: &DecisionOptions, decision_id: String) -> Decision {
+    let mut record = DecisionRecord {
+        decision_id,
+        allowed: options.dry_run,
+        deny_reason: Some(reason.clone()),
+        http_status: None,
+        error: None,
+        dry_run: options.dry_run,
+    };
+    let response = if options.dry_run {
+        allow(&PolicyOutcome::default(), &record.decision_id)
+    } else {
+        record.http_status = Some(503);
+        deny(
+            &PolicyOutcome::default(),
+            &reason,
+            503,
+            options,
+            &record.decision_id,
+        )
+    };
     Decision { response, record }
 }
 

@@ -67,6 +67,8 @@ pub struct Shared {
     pub readiness: Readiness,
     parse_options: ParseOptions,
     decision_options: DecisionOptions,
+    limiter: tokio::sync::Semaphore,
+    decision_timeout: std::time::Duration,
     /// Data path of the device inventory, if configured.
     inventory_path: Option<Vec<String>>,
 }
@@ -86,6 +88,8 @@ impl Shared {
                 shutting_down: AtomicBool::new(false),
             },
             parse_options: ParseOptions::from_config(config),
+            limiter: tokio::sync::Semaphore::new(config.server.max_concurrent_decisions),
+            decision_timeout: config.server.decision_timeout,
             inventory_path: config.device.inventory.as_ref().map(|p| {
                 p.split('/')
                     .filter(|s| !s.is_empty())
@@ -103,6 +107,32 @@ impl Shared {
     /// fetched, and not shutting down.
     pub fn is_ready(&self) -> bool {
         self.readiness.is_ready() && self.authenticator.is_ready()
+    }
+
+    /// The deny for a request that could not be decided in time.
+    fn undecided(&self, reason: decision::DenyReason) -> CheckResponse {
+        let decision = decision::unavailable(
+            reason,
+            &self.decision_options,
+            uuid::Uuid::new_v4().to_string(),
+        );
+        self.metrics.record_decision(
+            &decision.record,
+            self.decision_timeout,
+            std::time::Duration::ZERO,
+        );
+        let revision = self.policies.load().revision().to_string();
+        let summary = RequestSummary {
+            revision: &revision,
+            ..RequestSummary::default()
+        };
+        telemetry::log_decision(
+            &decision.record,
+            &summary,
+            std::time::Duration::ZERO,
+            self.decision_timeout,
+        );
+        decision.response
     }
 
     /// Decides one CheckRequest: total, never an error.
@@ -214,8 +244,51 @@ impl Authorization for CheckService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        Ok(Response::new(self.shared.check(request.into_inner()).await))
+        let deadline = grpc_timeout(request.metadata())
+            .map(|t| t.mul_f64(0.9))
+            .map_or(self.shared.decision_timeout, |t| {
+                t.min(self.shared.decision_timeout)
+            });
+        let request = request.into_inner();
+        let shared = &self.shared;
+        let admitted = std::sync::atomic::AtomicBool::new(false);
+        let work = async {
+            // Waiting here is the back-pressure; the deadline bounds it.
+            let _permit = shared.limiter.acquire().await;
+            admitted.store(true, Ordering::Relaxed);
+            shared.check(request).await
+        };
+        let response = match tokio::time::timeout(deadline, work).await {
+            Ok(response) => response,
+            Err(_) => {
+                let reason = if admitted.load(Ordering::Relaxed) {
+                    decision::DenyReason::DeadlineExceeded
+                } else {
+                    decision::DenyReason::Overloaded
+                };
+                shared.undecided(reason)
+            }
+        };
+        Ok(Response::new(response))
     }
+}
+
+/// The caller's deadline from the `grpc-timeout` header (`<digits><unit>`,
+/// units H M S m u n), if it sent one that parses.
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 /// A started Arbiter: its bound addresses and a handle to stop it.
