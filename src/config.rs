@@ -391,6 +391,14 @@ pub struct LogConfig {
     /// A `tracing` filter such as `info` or `arbiter=debug`; `RUST_LOG` overrides it.
     pub level: String,
     pub format: LogFormat,
+    /// Decision lines go to this file (JSON, appended) instead of stdout.
+    pub decision_file: Option<PathBuf>,
+    /// Fraction of allows that are logged (0 to 1); every deny is logged.
+    pub allow_sample_rate: f64,
+    /// Decision log fields to leave out (replaced by "[masked]"), of
+    /// method, host, path, source_address, source_principal, subject,
+    /// provider, device_id, error.
+    pub mask: Vec<String>,
 }
 
 impl Default for LogConfig {
@@ -398,6 +406,9 @@ impl Default for LogConfig {
         Self {
             level: "info".to_owned(),
             format: LogFormat::Json,
+            decision_file: None,
+            allow_sample_rate: 1.0,
+            mask: Vec::new(),
         }
     }
 }
@@ -603,6 +614,20 @@ impl Config {
                 *path = base.join(&*path);
             }
         }
+        let tls_files = config.server.tls.iter_mut().flat_map(|tls| {
+            [
+                Some(&mut tls.cert_file),
+                Some(&mut tls.key_file),
+                tls.client_ca_file.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+        });
+        for file in tls_files.chain(config.log.decision_file.as_mut()) {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
         for provider in config
             .identity
             .jwt
@@ -648,6 +673,26 @@ impl Config {
             });
         }
         self.validate_identity()?;
+        if !(0.0..=1.0).contains(&self.log.allow_sample_rate) {
+            return Err(ConfigError::Invalid {
+                path: "log.allow_sample_rate".into(),
+                message: "must be between 0 and 1".into(),
+            });
+        }
+        if let Some(field) = self
+            .log
+            .mask
+            .iter()
+            .find(|f| !crate::telemetry::MASKABLE_FIELDS.contains(&f.as_str()))
+        {
+            return Err(ConfigError::Invalid {
+                path: "log.mask".into(),
+                message: format!(
+                    "{field:?} is not a decision log field; maskable: {:?}",
+                    crate::telemetry::MASKABLE_FIELDS
+                ),
+            });
+        }
         if self.server.max_concurrent_decisions == 0 || self.server.decision_timeout.is_zero() {
             return Err(ConfigError::Invalid {
                 path: "server.max_concurrent_decisions / server.decision_timeout".into(),
@@ -759,6 +804,25 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn relative_file_paths_are_taken_from_the_config_directory() {
+        let config = parse(
+            "[server.tls]\ncert_file = \"tls/cert.pem\"\nkey_file = \"/abs/key.pem\"\nclient_ca_file = \"ca.pem\"\n[log]\ndecision_file = \"decisions.log\"\n",
+        )
+        .unwrap();
+        let tls = config.server.tls.unwrap();
+        assert_eq!(tls.cert_file, PathBuf::from("/etc/arbiter/tls/cert.pem"));
+        assert_eq!(tls.key_file, PathBuf::from("/abs/key.pem"));
+        assert_eq!(
+            tls.client_ca_file,
+            Some(PathBuf::from("/etc/arbiter/ca.pem"))
+        );
+        assert_eq!(
+            config.log.decision_file,
+            Some(PathBuf::from("/etc/arbiter/decisions.log"))
+        );
     }
 
     #[test]

@@ -86,11 +86,7 @@ fn device(posture: &DevicePosture, inventory: Option<&Value>) -> Value {
             bound_to_user,
             age,
         } => {
-            let id = token
-                .claims
-                .get("device_id")
-                .or_else(|| token.claims.get("sub"))
-                .and_then(|v| v.as_str());
+            let id = posture.device_id();
             o.insert("id", id.map_or(Value::Null, Value::from));
             o.insert("verified", Value::from(*bound_to_user));
             if !bound_to_user {

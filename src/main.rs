@@ -80,7 +80,7 @@ fn main() -> ExitCode {
 
 fn serve(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
-    arbiter::telemetry::init_logging(&config.log);
+    arbiter::telemetry::init_logging(&config.log)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

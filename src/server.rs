@@ -68,6 +68,7 @@ pub struct Shared {
     parse_options: ParseOptions,
     decision_options: DecisionOptions,
     limiter: tokio::sync::Semaphore,
+    decision_log: telemetry::DecisionLog,
     decision_timeout: std::time::Duration,
     /// Data path of the device inventory, if configured.
     inventory_path: Option<Vec<String>>,
@@ -89,6 +90,7 @@ impl Shared {
             },
             parse_options: ParseOptions::from_config(config),
             limiter: tokio::sync::Semaphore::new(config.server.max_concurrent_decisions),
+            decision_log: telemetry::DecisionLog::new(&config.log),
             decision_timeout: config.server.decision_timeout,
             inventory_path: config.device.inventory.as_ref().map(|p| {
                 p.split('/')
@@ -126,7 +128,7 @@ impl Shared {
             revision: &revision,
             ..RequestSummary::default()
         };
-        telemetry::log_decision(
+        self.decision_log.write(
             &decision.record,
             &summary,
             std::time::Duration::ZERO,
@@ -152,6 +154,7 @@ impl Shared {
             .authenticator
             .device_posture(&ctx, &authentication)
             .await;
+        let device_id = device.device_id().map(str::to_owned);
         let decision_id = uuid::Uuid::new_v4().to_string();
         let mut eval = std::time::Duration::ZERO;
         let mut subject = None;
@@ -213,8 +216,10 @@ impl Shared {
                 }
                 Authentication::Anonymous => "",
             },
+            device_id: device_id.as_deref().unwrap_or_default(),
         };
-        telemetry::log_decision(&decision.record, &summary, eval, total);
+        self.decision_log
+            .write(&decision.record, &summary, eval, total);
         Checked {
             response: decision.response,
             record: decision.record,

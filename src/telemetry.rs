@@ -10,14 +10,46 @@ use std::time::Duration;
 use crate::config::{LogConfig, LogFormat};
 use crate::decision::DecisionRecord;
 
-/// Installs the global `tracing` subscriber. `RUST_LOG` overrides the configured level.
-/// A second call (as in tests) leaves the first subscriber in place.
-pub fn init_logging(config: &LogConfig) {
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the decision log {path}: {source}")]
+pub struct LogError {
+    path: std::path::PathBuf,
+    source: std::io::Error,
+}
+
+/// Installs the global `tracing` subscriber. `RUST_LOG` overrides the
+/// configured level. Decision lines go to `decision_file` (in the configured
+/// format) when one is set, and to stdout otherwise. A second call (as in tests) leaves the first
+/// subscriber in place.
+///
+/// # Errors
+/// The decision log file cannot be opened.
+pub fn init_logging(config: &LogConfig) -> Result<(), LogError> {
     use tracing_subscriber::EnvFilter;
+
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let file = match &config.decision_file {
+        None => None,
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| LogError {
+                    path: path.clone(),
+                    source,
+                })?,
+        ),
+    };
+    let writer = Router {
+        decisions: file.map(std::sync::Mutex::new),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     let _already_set = match config.format {
         LogFormat::Json => builder
             .json()
@@ -26,6 +58,142 @@ pub fn init_logging(config: &LogConfig) {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    Ok(())
+}
+
+/// Sends decision lines to the decision file, when there is one, and
+/// everything else to stdout.
+struct Router {
+    decisions: Option<std::sync::Mutex<std::fs::File>>,
+}
+
+enum Out<'a> {
+    Stdout(std::io::Stdout),
+    File(std::sync::MutexGuard<'a, std::fs::File>),
+}
+
+impl std::io::Write for Out<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Stdout(out) => out.write(buf),
+            Self::File(file) => file.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Stdout(out) => out.flush(),
+            Self::File(file) => file.flush(),
+        }
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Router {
+    type Writer = Out<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Out::Stdout(std::io::stdout())
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        match &self.decisions {
+            Some(file) if meta.target() == DECISION_TARGET => match file.lock() {
+                Ok(guard) => Out::File(guard),
+                Err(poisoned) => Out::File(poisoned.into_inner()),
+            },
+            _ => Out::Stdout(std::io::stdout()),
+        }
+    }
+}
+
+/// The `tracing` target of decision log lines.
+pub const DECISION_TARGET: &str = "arbiter::decision";
+
+/// Fields of a decision line that `[log] mask` may remove.
+pub const MASKABLE_FIELDS: [&str; 9] = [
+    "method",
+    "host",
+    "path",
+    "source_address",
+    "source_principal",
+    "subject",
+    "provider",
+    "device_id",
+    "error",
+];
+
+/// How decisions are logged: which allows are sampled, which fields masked.
+#[derive(Debug, Clone)]
+pub struct DecisionLog {
+    /// Fraction of allows logged, 0 to 1; every deny is logged.
+    allow_sample_rate: f64,
+    mask: Vec<String>,
+}
+
+impl DecisionLog {
+    pub fn new(config: &LogConfig) -> Self {
+        Self {
+            allow_sample_rate: config.allow_sample_rate.clamp(0.0, 1.0),
+            mask: config.mask.clone(),
+        }
+    }
+
+    fn keep(&self, record: &DecisionRecord) -> bool {
+        if !record.allowed || record.deny_reason.is_some() || self.allow_sample_rate >= 1.0 {
+            return true;
+        }
+        let draw = (uuid::Uuid::new_v4().as_u64_pair().0 >> 11) as f64 / (1u64 << 53) as f64;
+        draw < self.allow_sample_rate
+    }
+
+    fn field<'a>(&self, name: &str, value: &'a str) -> &'a str {
+        if self.mask.iter().any(|m| m == name) {
+            "[masked]"
+        } else {
+            value
+        }
+    }
+
+    /// Writes one decision line (target `arbiter::decision`), unless sampled
+    /// out. No header, token, cookie or body is ever part of it.
+    pub fn write(
+        &self,
+        record: &DecisionRecord,
+        request: &RequestSummary<'_>,
+        eval: Duration,
+        total: Duration,
+    ) {
+        if !self.keep(record) {
+            return;
+        }
+        let reason = record
+            .deny_reason
+            .as_ref()
+            .map(|r| r.as_str())
+            .unwrap_or("");
+        let result = if record.allowed { "allow" } else { "deny" };
+        tracing::info!(
+            target: "arbiter::decision",
+            decision_id = %record.decision_id,
+            revision = request.revision,
+            result,
+            reason,
+            dry_run = record.dry_run,
+            http_status = record.http_status.unwrap_or(0),
+            method = self.field("method", request.method),
+            host = self.field("host", request.host),
+            path = self.field("path", request.path),
+            source_address = self.field("source_address", request.source_address),
+            source_principal = self.field("source_principal", request.source_principal),
+            subject = self.field("subject", request.subject),
+            provider = self.field("provider", request.provider),
+            device_id = self.field("device_id", request.device_id),
+            error = self.field("error", record.error.as_deref().unwrap_or("")),
+            eval_us = u64::try_from(eval.as_micros()).unwrap_or(u64::MAX),
+            total_us = u64::try_from(total.as_micros()).unwrap_or(u64::MAX),
+            "decision"
+        );
+    }
 }
 
 /// What the decision log says of the request, besides the decision itself.
@@ -40,42 +208,7 @@ pub struct RequestSummary<'a> {
     pub source_principal: &'a str,
     pub subject: &'a str,
     pub provider: &'a str,
-}
-
-/// Writes one decision log line (target `arbiter::decision`). No header,
-/// token, cookie or body is ever part of it.
-pub fn log_decision(
-    record: &DecisionRecord,
-    request: &RequestSummary<'_>,
-    eval: Duration,
-    total: Duration,
-) {
-    let reason = record
-        .deny_reason
-        .as_ref()
-        .map(|r| r.as_str())
-        .unwrap_or("");
-    let result = if record.allowed { "allow" } else { "deny" };
-    tracing::info!(
-        target: "arbiter::decision",
-        decision_id = %record.decision_id,
-        revision = request.revision,
-        result,
-        reason,
-        dry_run = record.dry_run,
-        http_status = record.http_status.unwrap_or(0),
-        method = request.method,
-        host = request.host,
-        path = request.path,
-        source_address = request.source_address,
-        source_principal = request.source_principal,
-        subject = request.subject,
-        provider = request.provider,
-        error = record.error.as_deref().unwrap_or(""),
-        eval_us = u64::try_from(eval.as_micros()).unwrap_or(u64::MAX),
-        total_us = u64::try_from(total.as_micros()).unwrap_or(u64::MAX),
-        "decision"
-    );
+    pub device_id: &'a str,
 }
 
 /// Upper bounds of the latency buckets, in microseconds.

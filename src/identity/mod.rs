@@ -69,6 +69,20 @@ pub enum DevicePosture {
     EdgeHeader(String),
 }
 
+impl DevicePosture {
+    /// The device's ID (`device_id`, else `sub`) from a verified posture token.
+    pub fn device_id(&self) -> Option<&str> {
+        match self {
+            Self::Verified { token, .. } => token
+                .claims
+                .get("device_id")
+                .or_else(|| token.claims.get("sub"))
+                .and_then(|v| v.as_str()),
+            _ => None,
+        }
+    }
+}
+
 /// Verifies device posture tokens.
 struct DeviceVerifier {
     providers: Vec<Provider>,
