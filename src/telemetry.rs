@@ -372,6 +372,12 @@ pub fn render_identity(out: &mut String, authenticator: &crate::identity::Authen
         "arbiter_token_cache_entries {}",
         authenticator.token_cache_len()
     );
+    let _ = writeln!(
+        out,
+        "# HELP arbiter_token_cache_lookups_total Verified-token cache lookups, by result.\n# TYPE arbiter_token_cache_lookups_total counter\narbiter_token_cache_lookups_total{{result=\"hit\"}} {}\narbiter_token_cache_lookups_total{{result=\"miss\"}} {}",
+        authenticator.cache_hits.load(Relaxed),
+        authenticator.cache_misses.load(Relaxed)
+    );
 }
 
 /// Policy reloads and rejected reloads.

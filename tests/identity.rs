@@ -464,6 +464,20 @@ async fn a_cached_token_is_still_checked_for_expiry() {
         check(&arbiter, Some(&token)).await.0,
         "second use, from the cache"
     );
+    let metrics = reqwest::get(format!("http://{}/metrics", arbiter.running.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("arbiter_token_cache_lookups_total{result=\"hit\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("arbiter_token_cache_lookups_total{result=\"miss\"} 1"),
+        "{metrics}"
+    );
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let (allowed, _, reason, _) = check(&arbiter, Some(&token)).await;
     assert!(!allowed);

@@ -105,6 +105,9 @@ pub struct Authenticator {
     cache: quick_cache::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
     max_token_bytes: usize,
     refreshers: Vec<tokio::task::JoinHandle<()>>,
+    /// Verified-token cache lookups that found a usable entry, and those that did not.
+    pub cache_hits: std::sync::atomic::AtomicU64,
+    pub cache_misses: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Authenticator {
@@ -169,6 +172,8 @@ impl Authenticator {
             cache: quick_cache::sync::Cache::new(config.token_cache_size.max(1)),
             max_token_bytes: config.max_token_bytes,
             refreshers,
+            cache_hits: Default::default(),
+            cache_misses: Default::default(),
         }
     }
 
@@ -318,6 +323,8 @@ impl Authenticator {
             if let Some(provider) = provider
                 && still_keyed
             {
+                self.cache_hits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return match hit.check_time(now, provider.config.leeway) {
                     Ok(()) => Authentication::Verified(hit),
                     Err(e) => reject(Some(provider), e),
@@ -327,6 +334,8 @@ impl Authenticator {
                 self.cache.remove(&cache_key);
             }
         }
+        self.cache_misses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let unverified = match token::peek(raw) {
             Ok(u) => u,
             Err(e) => return reject(None, e),
