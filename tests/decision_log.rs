@@ -11,34 +11,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arbiter::identity::test_keys::{TestKey, jwks};
 use arbiter::proto::auth::CheckRequest;
 use arbiter::proto::auth::authorization_client::AuthorizationClient;
-use common::http_request;
+use common::{Binary, http_request};
 use jsonwebtoken::Algorithm;
 
 const POLICY: &str = "package envoy.authz\ndefault allow := {\"allowed\": false, \"reason\": \"not_ok\"}\nallow := true if input.parsed_path[0] == \"ok\"\n";
 
-struct Server {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    grpc: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(dir: &Path, extra: &str) -> Server {
+fn start(dir: &Path, extra: &str) -> Binary {
     std::fs::write(
         dir.join("arbiter.toml"),
         format!(
@@ -46,35 +31,7 @@ fn start(dir: &Path, extra: &str) -> Server {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
-        .args(["serve", "--config"])
-        .arg(dir.join("arbiter.toml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&lines);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let grpc = loop {
-        let found = lines.lock().unwrap().iter().find_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            (v["message"] == "arbiter serving").then(|| v["grpc_addr"].as_str().unwrap().to_owned())
-        });
-        if let Some(addr) = found {
-            break addr;
-        }
-        assert!(Instant::now() < deadline, "arbiter did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Server { child, lines, grpc }
+    Binary::serve(&dir.join("arbiter.toml"))
 }
 
 fn decision_lines(lines: &[String]) -> Vec<serde_json::Value> {

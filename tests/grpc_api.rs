@@ -195,12 +195,7 @@ async fn dry_run_allows_what_the_policy_denies() {
     let arbiter = TestArbiter::start(&[("p.rego", POLICY)], "[decision]\ndry_run = true").await;
     let response = arbiter.check_json(&http_request("GET", "/", &[], "")).await;
     assert!(is_allowed(&response));
-    let metrics = reqwest::get(format!("http://{}/metrics", arbiter.running.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = arbiter.metrics().await;
     assert!(
         metrics.contains("arbiter_decisions_total{result=\"allow\",reason=\"unknown_user\"} 1"),
         "{metrics}"

@@ -430,12 +430,7 @@ async fn idp_failures_keep_good_keys_until_the_staleness_bound() {
     let (allowed, status, reason, _) = check(&arbiter, Some(&token)).await;
     assert!(!allowed, "stale keys must fail closed");
     assert_eq!((status, reason.as_str()), (503, "jwks_stale"));
-    let metrics = reqwest::get(format!("http://{}/metrics", arbiter.running.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = arbiter.metrics().await;
     assert!(
         metrics.contains("arbiter_jwks_fetch_failures_total{provider=\"corp\"}"),
         "{metrics}"
@@ -464,12 +459,7 @@ async fn a_cached_token_is_still_checked_for_expiry() {
         check(&arbiter, Some(&token)).await.0,
         "second use, from the cache"
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", arbiter.running.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = arbiter.metrics().await;
     assert!(
         metrics.contains("arbiter_token_cache_lookups_total{result=\"hit\"} 1"),
         "{metrics}"

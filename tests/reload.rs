@@ -11,9 +11,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -148,12 +146,7 @@ async fn a_broken_reload_keeps_the_old_set_and_says_why() {
     assert_eq!(ready["ready"], true);
     let request = http_request("GET", "/", &[("x-want", "1")], "");
     assert!(is_allowed(&arbiter.check_json(&request).await));
-    let metrics = reqwest::get(format!("http://{}/metrics", arbiter.running.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = arbiter.metrics().await;
     assert!(
         metrics.contains("arbiter_policy_reload_failures_total 1"),
         "{metrics}"
@@ -230,22 +223,8 @@ fn sighup_reloads_the_real_binary() {
         "[server]\ngrpc_addr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n[policy]\nreload_interval = \"0s\"\n[log]\nformat = \"json\"\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
-        .args(["serve", "--config"])
-        .arg(dir.path().join("arbiter.toml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let guard = KillOnDrop(child.id());
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let admin = loop {
-        let line = lines.next().expect("arbiter exited").unwrap();
-        let log: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if log["message"] == "arbiter serving" {
-            break log["admin_addr"].as_str().unwrap().to_owned();
-        }
-    };
+    let server = Binary::serve(&dir.path().join("arbiter.toml"));
+    let admin = server.admin.clone();
     let before = blocking_get(&format!("http://{admin}/readyz"))["policy_revision"].clone();
     assert!(before.is_string());
     std::fs::write(dir.path().join("policies/p.rego"), versioned_policy("2")).unwrap();
@@ -255,11 +234,7 @@ fn sighup_reloads_the_real_binary() {
         before,
         "no watching with reload_interval = 0s"
     );
-    let status = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    server.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if blocking_get(&format!("http://{admin}/readyz"))["policy_revision"] != before {
@@ -268,8 +243,6 @@ fn sighup_reloads_the_real_binary() {
         assert!(Instant::now() < deadline, "SIGHUP did not reload");
         std::thread::sleep(Duration::from_millis(50));
     }
-    drop(guard);
-    let _ = child.wait();
 }
 
 fn blocking_get(url: &str) -> serde_json::Value {
@@ -281,12 +254,4 @@ fn blocking_get(url: &str) -> serde_json::Value {
         let text = reqwest::get(url).await.unwrap().text().await.unwrap();
         serde_json::from_str(&text).unwrap()
     })
-}
-
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.0.to_string()).status();
-    }
 }

@@ -10,86 +10,96 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use arbiter::identity::test_keys::{TestKey, jwks};
 use arbiter::proto::auth::CheckRequest;
 use arbiter::proto::auth::authorization_client::AuthorizationClient;
-use common::{http_request, is_allowed};
-
-/// Slow on purpose: each decision takes a noticeable time, so that some are
-/// in flight when SIGTERM arrives.
-const SLOW_POLICY: &str = "package envoy.authz\ndefault allow := false\nallow if count([x | some i in numbers.range(1, 250); some j in numbers.range(1, 250); x := i + j]) > 0\n";
+use common::idp::{Idp, Mode};
+use common::{Binary, denied_response, header_values, http_request, is_allowed};
+use jsonwebtoken::{Algorithm, Header};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_requests_in_flight_then_exits() {
+    // Each request waits on a slow key fetch (its token names an unknown
+    // kid), so it is in flight inside Arbiter when SIGTERM arrives.
+    let key = TestKey::generate("k", Algorithm::RS256).unwrap();
+    let idp = Idp::start(jwks(&[&key])).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("policies")).unwrap();
-    std::fs::write(dir.path().join("policies/p.rego"), SLOW_POLICY).unwrap();
     std::fs::write(
-        dir.path().join("arbiter.toml"),
-        "[server]\ngrpc_addr = \"127.0.0.1:0\"\ndecision_timeout = \"30s\"\n[admin]\naddr = \"127.0.0.1:0\"\n[policy]\neval_timeout = \"20s\"\n",
+        dir.path().join("policies/p.rego"),
+        "package envoy.authz\nallow := true\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
-        .args(["serve", "--config"])
-        .arg(dir.path().join("arbiter.toml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let grpc = loop {
-        let line = lines.next().expect("arbiter exited").unwrap();
-        let log: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if log["message"] == "arbiter serving" {
-            break log["grpc_addr"].as_str().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    std::fs::write(
+        dir.path().join("arbiter.toml"),
+        format!(
+            "[server]\ngrpc_addr = \"127.0.0.1:0\"\ndecision_timeout = \"30s\"\n[admin]\naddr = \"127.0.0.1:0\"\n\
+             [[identity.jwt]]\nname = \"idp\"\nissuer = \"{}\"\naudiences = [\"api\"]\njwks_uri = \"{}\"\nkid_miss_min_interval = \"1ms\"\nfetch_timeout = \"10s\"\n",
+            idp.issuer(),
+            idp.jwks_url()
+        ),
+    )
+    .unwrap();
+    let mut server = Binary::serve(&dir.path().join("arbiter.toml"));
+    idp.set_mode(Mode::Slow(Duration::from_millis(1500)));
 
-    let request: CheckRequest = serde_json::from_str(&http_request("GET", "/", &[], "")).unwrap();
-    // Time one decision, so that SIGTERM lands while the next ones run.
-    let mut probe = AuthorizationClient::connect(format!("http://{grpc}"))
-        .await
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("unknown".into());
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = key
+        .sign_with_header(
+            &header,
+            &serde_json::json!({"iss": idp.issuer(), "aud": "api", "exp": exp}),
+        )
         .unwrap();
-    let started = Instant::now();
-    assert!(is_allowed(
-        &probe.check(request.clone()).await.unwrap().into_inner()
-    ));
-    let one = started.elapsed();
-
+    let request: CheckRequest = serde_json::from_str(&http_request(
+        "GET",
+        "/",
+        &[("authorization", &format!("Bearer {token}"))],
+        "",
+    ))
+    .unwrap();
     let mut in_flight = Vec::new();
     for _ in 0..6 {
-        let mut client = AuthorizationClient::connect(format!("http://{grpc}"))
+        let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc))
             .await
             .unwrap();
         let request = request.clone();
         in_flight.push(tokio::spawn(async move { client.check(request).await }));
     }
-    tokio::time::sleep(one / 2).await;
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    // Wait until the key fetch they share has started: they are all inside Arbiter.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while idp.fetches() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the requests never reached Arbiter"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.signal("TERM");
 
-    let mut answered = 0;
     for task in in_flight {
         let response = task
             .await
             .unwrap()
-            .expect("a request in flight was lost at shutdown");
-        assert!(is_allowed(&response.into_inner()));
-        answered += 1;
+            .expect("a request in flight was lost at shutdown")
+            .into_inner();
+        assert!(!is_allowed(&response));
+        assert_eq!(
+            header_values(&denied_response(&response).headers, "x-arbiter-reason"),
+            vec!["token_unknown_key"]
+        );
     }
-    assert_eq!(answered, 6);
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = server.child.try_wait().unwrap() {
             break status;
         }
         assert!(
@@ -100,7 +110,7 @@ async fn sigterm_drains_requests_in_flight_then_exits() {
     };
     assert!(status.success(), "{status}");
     assert!(
-        AuthorizationClient::connect(format!("http://{grpc}"))
+        AuthorizationClient::connect(format!("http://{}", server.grpc))
             .await
             .is_err(),
         "new connections must be refused after shutdown"

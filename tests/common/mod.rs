@@ -48,6 +48,12 @@ impl TestArbiter {
             .unwrap()
     }
 
+    /// The admin endpoint `/metrics`, as text.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.running.admin_addr);
+        reqwest::get(url).await.unwrap().text().await.unwrap()
+    }
+
     pub async fn check_json(&self, json: &str) -> CheckResponse {
         let request: CheckRequest = serde_json::from_str(json).unwrap();
         self.client()
@@ -56,6 +62,82 @@ impl TestArbiter {
             .await
             .unwrap()
             .into_inner()
+    }
+}
+
+/// The real `arbiter` binary, serving with a config file; killed when dropped.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub grpc: String,
+    pub admin: String,
+    /// Every stdout line so far (JSON logs).
+    pub lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Binary {
+    /// Starts `arbiter serve --config <config>` and waits for "arbiter serving".
+    pub fn serve(config: &Path) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_arbiter"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let (grpc, admin) = loop {
+            let found = lines.lock().unwrap().iter().find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                (v["message"] == "arbiter serving").then(|| {
+                    (
+                        v["grpc_addr"].as_str().unwrap().to_owned(),
+                        v["admin_addr"].as_str().unwrap().to_owned(),
+                    )
+                })
+            });
+            if let Some(addrs) = found {
+                break addrs;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("arbiter exited: {status}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "arbiter did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        Self {
+            child,
+            grpc,
+            admin,
+            lines,
+        }
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
