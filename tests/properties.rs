@@ -1,0 +1,250 @@
+//! Property tests: path and query parsing against their documented
+//! semantics, X-Forwarded-For walking, and "no input makes the decision path
+//! panic, or allow what the policy denies".
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use arbiter::config::Config;
+use arbiter::context::source::{parse_hop, resolve};
+use arbiter::context::{ParsedPath, ParsedQuery, split_target};
+use arbiter::policy::PolicySet;
+use arbiter::proto::auth::attribute_context::{HttpRequest, Peer, Request};
+use arbiter::proto::auth::{AttributeContext, CheckRequest};
+use arbiter::proto::core::{Address, SocketAddress, address, socket_address};
+use arbiter::server::Shared;
+use ipnet::IpNet;
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use proptest::prelude::*;
+
+/// A fixed number of cases, and no regression files written into the tree.
+fn cases(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+fn segment() -> impl Strategy<Value = String> {
+    // Any text without a slash; unicode, spaces, '%', '+', '?' and '#' included.
+    "[^/]{0,12}"
+}
+
+proptest! {
+    #![proptest_config(cases(512))]
+
+    /// Percent-encoded segments come back decoded, one for one.
+    #[test]
+    fn encoded_segments_round_trip(segments in prop::collection::vec(segment(), 1..6)) {
+        let path: String = segments.iter().map(|s| format!("/{}", utf8_percent_encode(s, NON_ALPHANUMERIC))).collect();
+        let (raw_path, _) = split_target(&path);
+        let parsed = ParsedPath::parse(raw_path).segments;
+        // Leading empty segments are trimmed along with the leading slashes, as in OPA.
+        let first = segments.iter().position(|s| !s.is_empty()).unwrap_or(segments.len() - 1);
+        prop_assert_eq!(parsed, segments[first..].to_vec());
+    }
+
+    /// An encoded slash splits after decoding, as OPA's parser does.
+    #[test]
+    fn encoded_slash_splits(a in "[a-z]{1,5}", b in "[a-z]{1,5}") {
+        let parsed = ParsedPath::parse(&format!("/{a}%2F{b}")).segments;
+        prop_assert_eq!(parsed, vec![a, b]);
+    }
+
+    /// Any string at all parses without panicking, and a malformed escape is kept as written.
+    #[test]
+    fn any_target_parses(target in ".{0,64}") {
+        let (raw_path, raw_query) = split_target(&target);
+        let _ = ParsedPath::parse(raw_path);
+        let _ = ParsedQuery::parse(raw_query);
+    }
+
+    #[test]
+    fn malformed_escapes_are_kept(prefix in "[a-z]{0,5}", bad in prop_oneof!["%[g-z][0-9a-z]", "%[0-9a-f]", Just("%".to_owned())]) {
+        let parsed = ParsedPath::parse(&format!("/{prefix}{bad}")).segments;
+        prop_assert_eq!(parsed, vec![format!("{prefix}{bad}")]);
+    }
+
+    /// Pairs encoded as a form come back grouped by name, values in order.
+    #[test]
+    fn query_round_trips(pairs in prop::collection::vec(("[^;]{0,8}", "[^;]{0,8}"), 0..8)) {
+        let query: Vec<String> = pairs
+            .iter()
+            .map(|(k, v)| format!("{}={}", utf8_percent_encode(k, NON_ALPHANUMERIC), utf8_percent_encode(v, NON_ALPHANUMERIC)))
+            .collect();
+        let mut want: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (k, v) in &pairs {
+            want.entry(k.clone()).or_default().push(v.clone());
+        }
+        prop_assert_eq!(ParsedQuery::parse(&query.join("&")).params, want);
+    }
+
+    /// `+` is a space in a query, and a pair with `;` is skipped, as Go's ParseQuery.
+    #[test]
+    fn query_plus_and_semicolon(word in "[a-z]{1,5}") {
+        let parsed = ParsedQuery::parse(&format!("a={word}+{word}&b=1;2")).params;
+        prop_assert_eq!(parsed.get("a").cloned(), Some(vec![format!("{word} {word}")]));
+        prop_assert!(!parsed.contains_key("b"));
+    }
+}
+
+fn ip() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        (0u8..4, any::<u8>()).prop_map(|(a, b)| IpAddr::from([10, a, b, 1])),
+        any::<[u8; 4]>().prop_map(IpAddr::from),
+        any::<[u16; 8]>().prop_map(IpAddr::from),
+    ]
+}
+
+fn hop() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => ip().prop_map(|ip| ip.to_string()),
+        1 => ip().prop_map(|ip| match ip {
+            IpAddr::V4(v4) => format!("{v4}:8080"),
+            IpAddr::V6(v6) => format!("[{v6}]:443"),
+        }),
+        1 => "[^,]{0,10}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(cases(1024))]
+
+    #[test]
+    fn forwarded_for_is_believed_only_through_trusted_hops(
+        peer in ip(),
+        chain in prop::collection::vec(hop(), 0..6),
+        trust_ten in any::<bool>(),
+    ) {
+        let trusted: Vec<IpNet> = if trust_ten { vec!["10.0.0.0/8".parse().unwrap()] } else { Vec::new() };
+        let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(&ip));
+        let header = chain.join(",");
+        let source = resolve(Some(peer), None, Some(&header), &trusted);
+        let client = source.ip.unwrap();
+        let entries = source.forwarded_for.clone();
+        if !is_trusted(peer) {
+            prop_assert_eq!(client, peer);
+            prop_assert_eq!(source.trusted_hops, 0);
+        }
+        // Every hop walked through, peer included, was a trusted proxy...
+        let walked = source.trusted_hops;
+        prop_assert!(walked <= entries.len());
+        if walked > 0 {
+            prop_assert!(is_trusted(peer));
+            for entry in entries.iter().rev().take(walked - 1) {
+                prop_assert!(is_trusted(parse_hop(entry).unwrap()));
+            }
+            // ...and the client is the entry the last trusted proxy reported.
+            prop_assert_eq!(Some(client), parse_hop(&entries[entries.len() - walked]));
+        } else {
+            prop_assert_eq!(client, peer);
+        }
+    }
+}
+
+/// A policy that never says exactly `true`: "allowed" is the request's
+/// `x-allow` header, a string such as "true", and the rest echoes the request.
+const DENY_ALL: &str = r#"
+package envoy.authz
+default allow := false
+allow := {
+  "allowed": input.attributes.request.http.headers["x-allow"],
+  "headers": {"x-path": input.attributes.request.http.path},
+  "dynamic_metadata": {"body": input.parsed_body, "source": input.source},
+}
+"#;
+
+fn check_request() -> impl Strategy<Value = CheckRequest> {
+    let content_type = prop_oneof![
+        Just("application/json".to_owned()),
+        Just("application/x-www-form-urlencoded".to_owned()),
+        Just("multipart/form-data; boundary=X".to_owned()),
+        Just("text/plain".to_owned()),
+        ".{0,20}",
+    ];
+    let body = prop_oneof![
+        Just("{\"allowed\": true}".to_owned()),
+        Just("{\"allowed\": \"true\"}".to_owned()),
+        Just("allowed=true".to_owned()),
+        Just(
+            "--X\r\nContent-Disposition: form-data; name=\"allowed\"\r\n\r\ntrue\r\n--X--\r\n"
+                .to_owned()
+        ),
+        ".{0,64}",
+    ];
+    (
+        ".{0,40}",
+        prop::collection::btree_map("[a-z:-]{1,12}", ".{0,30}", 0..8),
+        content_type,
+        body,
+        prop::collection::vec(any::<u8>(), 0..32),
+        ".{0,20}",
+        ".{0,60}",
+    )
+        .prop_map(
+            |(path, mut headers, content_type, body, raw, address, principal)| {
+                headers.insert("content-type".into(), content_type);
+                headers.insert("x-allow".into(), "true".into());
+                CheckRequest {
+                    attributes: Some(AttributeContext {
+                        source: Some(Peer {
+                            address: Some(Address {
+                                address: Some(address::Address::SocketAddress(SocketAddress {
+                                    address,
+                                    port_specifier: Some(socket_address::PortSpecifier::PortValue(
+                                        1,
+                                    )),
+                                    ..Default::default()
+                                })),
+                            }),
+                            principal,
+                            ..Default::default()
+                        }),
+                        request: Some(Request {
+                            time: None,
+                            http: Some(HttpRequest {
+                                method: "POST".into(),
+                                path,
+                                headers: headers.into_iter().collect(),
+                                body,
+                                raw_body: raw,
+                                ..Default::default()
+                            }),
+                        }),
+                        ..Default::default()
+                    }),
+                }
+            },
+        )
+}
+
+#[test]
+fn no_input_makes_the_decision_path_panic_or_allow_a_deny() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = Config::default();
+    let policies =
+        PolicySet::from_sources(&[("deny.rego", DENY_ALL)], None, &config.policy).unwrap();
+    let shared = runtime
+        .block_on(async { Arc::new(Shared::new(&config, policies, &reqwest::Client::new())) });
+    let mut runner = proptest::test_runner::TestRunner::new(cases(512));
+    runner
+        .run(&check_request(), |request| {
+            let response = runtime.block_on(shared.check(request));
+            let status = response.status.as_ref().map(|s| s.code);
+            prop_assert_ne!(status, Some(0), "allowed: {:?}", response);
+            Ok(())
+        })
+        .unwrap();
+}
