@@ -588,3 +588,25 @@ async fn keys_are_refreshed_in_the_background_as_cache_control_allows() {
     );
     arbiter.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_discovery_document_for_another_issuer_is_refused() {
+    let key = TestKey::generate("k", Algorithm::ES256).unwrap();
+    let idp = Idp::start(jwks(&[&key])).await;
+    idp.set_advertised_issuer("https://evil.example");
+    let toml = format!(
+        "[identity]\nstartup_grace = \"300ms\"\n[[identity.jwt]]\nname = \"web\"\nissuer = \"{}\"\naudiences = [\"api\"]\ndiscovery = true\nalgorithms = [\"ES256\"]\n",
+        idp.issuer()
+    );
+    let arbiter = TestArbiter::start(&[("p.rego", POLICY)], &toml).await;
+    let (allowed, status, reason, _) =
+        check(&arbiter, Some(&key.sign(&claims(&idp)).unwrap())).await;
+    assert!(!allowed);
+    assert_eq!((status, reason.as_str()), (503, "jwks_unavailable"));
+    assert_eq!(
+        idp.fetches(),
+        0,
+        "the keys of an IdP that names another issuer were fetched"
+    );
+    arbiter.running.shutdown().await;
+}

@@ -22,6 +22,7 @@ pub enum Mode {
 }
 
 struct IdpState {
+    addr: SocketAddr,
     jwks: Mutex<serde_json::Value>,
     mode: Mutex<Mode>,
     fetches: AtomicUsize,
@@ -45,6 +46,7 @@ impl Idp {
     async fn serve(listener: tokio::net::TcpListener, jwks: serde_json::Value) -> Self {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(IdpState {
+            addr,
             jwks: Mutex::new(jwks),
             mode: Mutex::new(Mode::Serve),
             fetches: AtomicUsize::new(0),
@@ -75,6 +77,11 @@ impl Idp {
 
     pub fn set_mode(&self, mode: Mode) {
         *self.state.mode.lock().unwrap() = mode;
+    }
+
+    /// The issuer the discovery document advertises (by default, its own URL).
+    pub fn set_advertised_issuer(&self, issuer: &str) {
+        *self.state.issuer.lock().unwrap() = issuer.to_owned();
     }
 
     pub fn set_cache_control(&self, value: &str) {
@@ -129,7 +136,8 @@ fn body(state: &IdpState) -> Response {
 
 async fn discovery_handler(State(state): State<Arc<IdpState>>) -> Response {
     let issuer = state.issuer.lock().unwrap().clone();
-    let doc = serde_json::json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")});
+    let host = format!("http://{}", state.addr);
+    let doc = serde_json::json!({"issuer": issuer, "jwks_uri": format!("{host}/jwks")});
     (
         [(header::CONTENT_TYPE, "application/json")],
         doc.to_string(),
