@@ -123,9 +123,9 @@ impl Shared {
             self.decision_timeout,
             std::time::Duration::ZERO,
         );
-        let revision = self.policies.load().revision().to_string();
+        let policies = self.policies.load();
         let summary = RequestSummary {
-            revision: &revision,
+            revision: policies.revision().as_str(),
             ..RequestSummary::default()
         };
         self.decision_log.write(
@@ -150,15 +150,10 @@ impl Shared {
         let policies = self.policies.load_full();
         let ctx = RequestContext::from_check(request, &self.parse_options);
         let authentication = self.authenticator.authenticate(&ctx).await;
-        let device = self
-            .authenticator
-            .device_posture(&ctx, &authentication)
-            .await;
-        let device_id = device.device_id().map(str::to_owned);
         let decision_id = uuid::Uuid::new_v4().to_string();
         let mut eval = std::time::Duration::ZERO;
-        let mut subject = None;
         let mut kept_input = None;
+        let mut device_id = None;
         let decision = match &authentication {
             Authentication::Rejected {
                 error,
@@ -166,9 +161,12 @@ impl Shared {
                 ..
             } => decision::reject_token(*error, &self.decision_options, decision_id),
             _ => {
-                if let Authentication::Verified(token) = &authentication {
-                    subject = Some(token);
-                }
+                // Posture is verified only when the policy will see it.
+                let device = self
+                    .authenticator
+                    .device_posture(&ctx, &authentication)
+                    .await;
+                device_id = device.device_id().map(str::to_owned);
                 let inventory = self
                     .inventory_path
                     .as_ref()
@@ -189,7 +187,6 @@ impl Shared {
         };
         let total = started.elapsed();
         self.metrics.record_decision(&decision.record, total, eval);
-        let revision = policies.revision().to_string();
         let http = ctx.http();
         let source = ctx.attributes.source.as_ref();
         let source_address = source
@@ -199,23 +196,25 @@ impl Shared {
                 _ => None,
             })
             .unwrap_or_default();
+        let (subject, provider) = match &authentication {
+            Authentication::Verified(t) => (
+                t.subject.as_deref().unwrap_or_default(),
+                t.provider.as_str(),
+            ),
+            Authentication::Rejected { provider, .. } => {
+                ("", provider.as_deref().unwrap_or_default())
+            }
+            Authentication::Anonymous => ("", ""),
+        };
         let summary = RequestSummary {
-            revision: &revision,
+            revision: policies.revision().as_str(),
             method: http.map(|h| h.method.as_str()).unwrap_or_default(),
             host: http.map(|h| h.host.as_str()).unwrap_or_default(),
             path: http.map(|h| split_target(&h.path).0).unwrap_or_default(),
             source_address,
             source_principal: source.map(|s| s.principal.as_str()).unwrap_or_default(),
-            subject: subject
-                .and_then(|t| t.subject.as_deref())
-                .unwrap_or_default(),
-            provider: match &authentication {
-                Authentication::Verified(t) => t.provider.as_str(),
-                Authentication::Rejected { provider, .. } => {
-                    provider.as_deref().unwrap_or_default()
-                }
-                Authentication::Anonymous => "",
-            },
+            subject,
+            provider,
             device_id: device_id.as_deref().unwrap_or_default(),
         };
         self.decision_log

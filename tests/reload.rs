@@ -213,6 +213,64 @@ async fn jwks_files_are_reloaded_and_garbage_is_refused() {
     arbiter.running.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_cached_token_without_kid_stops_passing_when_its_key_is_withdrawn() {
+    use arbiter::identity::test_keys::{TestKey, jwks};
+    use jsonwebtoken::{Algorithm, Header};
+    let old = TestKey::generate("k", Algorithm::ES256).unwrap();
+    let new = TestKey::generate("k", Algorithm::ES256).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("jwks.json");
+    std::fs::write(&keys, jwks(&[&old]).to_string()).unwrap();
+    let toml = format!(
+        "[policy]\nreload_interval = \"20ms\"\n[[identity.jwt]]\nname = \"idp\"\nissuer = \"https://idp.test\"\naudiences = [\"api\"]\njwks_file = \"{}\"\n",
+        keys.display()
+    );
+    let arbiter = TestArbiter::start(
+        &[(
+            "p.rego",
+            "package envoy.authz\nallow := input.identity != null\n",
+        )],
+        &toml,
+    )
+    .await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    // No kid in the header: the only fitting key verifies it.
+    let token = old
+        .sign_with_header(
+            &Header::new(Algorithm::ES256),
+            &serde_json::json!({"iss": "https://idp.test", "aud": "api", "exp": exp}),
+        )
+        .unwrap();
+    let request = http_request(
+        "GET",
+        "/",
+        &[("authorization", &format!("Bearer {token}"))],
+        "",
+    );
+    assert!(is_allowed(&arbiter.check_json(&request).await));
+    assert!(
+        is_allowed(&arbiter.check_json(&request).await),
+        "from the cache"
+    );
+
+    replace(&keys, &jwks(&[&new]).to_string());
+    eventually("the old key's withdrawal", || async {
+        !is_allowed(&arbiter.check_json(&request).await)
+    })
+    .await;
+    let response = arbiter.check_json(&request).await;
+    assert_eq!(
+        header_values(&denied_response(&response).headers, "x-arbiter-reason"),
+        vec!["token_signature_invalid"]
+    );
+    arbiter.running.shutdown().await;
+}
+
 #[test]
 fn sighup_reloads_the_real_binary() {
     let dir = tempfile::tempdir().unwrap();

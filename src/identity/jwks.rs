@@ -124,10 +124,14 @@ impl KeySet {
         self.keys.iter().find(|k| k.kid.as_deref() == Some(kid))
     }
 
-    pub fn has_kid(&self, kid: Option<&str>) -> bool {
+    /// Whether a token verified earlier (with `kid`, against the set of
+    /// `generation`) is still vouched for by this set. A token without a kid
+    /// cannot name its key, so it counts only against the very set that
+    /// verified it; after any refresh it is verified again.
+    pub fn still_vouches_for(&self, kid: Option<&str>, generation: u64) -> bool {
         match kid {
             Some(kid) => self.find(kid).is_some(),
-            None => true,
+            None => self.generation == generation,
         }
     }
 

@@ -319,7 +319,7 @@ impl Authenticator {
             // current keys: a key the IdP withdrew no longer vouches for it.
             let still_keyed = provider
                 .and_then(|p| p.keys.keys().ok())
-                .is_some_and(|set| set.has_kid(hit.kid.as_deref()));
+                .is_some_and(|set| set.still_vouches_for(hit.kid.as_deref(), hit.key_generation));
             if let Some(provider) = provider
                 && still_keyed
             {

@@ -85,6 +85,8 @@ pub struct VerifiedToken {
     pub issued_at: Option<u64>,
     not_before: Option<u64>,
     pub(super) kid: Option<String>,
+    /// The generation of the key set that verified it.
+    pub(super) key_generation: u64,
     /// `input.identity`, built once at verification so a cached token costs no conversion.
     document: regorus::Value,
 }
@@ -295,6 +297,7 @@ pub fn verify_with_keys(
         issued_at: claims.get("iat").and_then(as_seconds),
         not_before,
         kid: unverified.kid.clone(),
+        key_generation: keys.generation,
         claims,
         document: regorus::Value::Null,
     };

@@ -54,6 +54,12 @@ pub enum PolicyError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Revision(String);
 
+impl Revision {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for Revision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
