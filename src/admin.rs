@@ -58,6 +58,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         "policy_revision": shared.policies.load().revision().to_string(),
         "identity_providers": providers,
         "last_reload_error": shared.reload_status.last_error.load().as_deref().cloned(),
+        "last_tls_reload_error": shared.tls_reload_status.last_error.load().as_deref().cloned(),
     });
     let status = if ready {
         StatusCode::OK
@@ -75,7 +76,8 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let revision = shared.policies.load().revision().to_string();
     let mut text = shared.metrics.render(&revision, shared.is_ready());
     crate::telemetry::render_identity(&mut text, &shared.authenticator);
-    crate::telemetry::render_reloads(&mut text, &shared.reload_status);
+    crate::telemetry::render_reloads(&mut text, "policy", &shared.reload_status);
+    crate::telemetry::render_reloads(&mut text, "tls", &shared.tls_reload_status);
     (
         [(
             header::CONTENT_TYPE,

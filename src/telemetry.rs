@@ -380,17 +380,17 @@ pub fn render_identity(out: &mut String, authenticator: &crate::identity::Authen
     );
 }
 
-/// Policy reloads and rejected reloads.
-pub fn render_reloads(out: &mut String, status: &crate::policy::reload::ReloadStatus) {
+/// Reloads and rejected reloads of one kind of file: `policy` or `tls`.
+pub fn render_reloads(out: &mut String, what: &str, status: &crate::policy::reload::ReloadStatus) {
     use std::sync::atomic::Ordering::Relaxed;
     let _ = writeln!(
         out,
-        "# HELP arbiter_policy_reloads_total Policy sets swapped in by reload.\n# TYPE arbiter_policy_reloads_total counter\narbiter_policy_reloads_total {}",
+        "# HELP arbiter_{what}_reloads_total Reloads that swapped in new {what} files.\n# TYPE arbiter_{what}_reloads_total counter\narbiter_{what}_reloads_total {}",
         status.reloads.load(Relaxed)
     );
     let _ = writeln!(
         out,
-        "# HELP arbiter_policy_reload_failures_total Reloads rejected; the previous set kept serving.\n# TYPE arbiter_policy_reload_failures_total counter\narbiter_policy_reload_failures_total {}",
+        "# HELP arbiter_{what}_reload_failures_total Reloads rejected; the previous {what} files kept serving.\n# TYPE arbiter_{what}_reload_failures_total counter\narbiter_{what}_reload_failures_total {}",
         status.failures.load(Relaxed)
     );
 }

@@ -73,6 +73,21 @@ async fn tls_arbiter(mutual: bool) -> (TestArbiter, Ca) {
     (arbiter, ca)
 }
 
+/// Polls `probe` every 100 ms for up to 10 s until it holds.
+async fn eventually<F, Fut>(mut probe: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if probe().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
 async fn connect(
     arbiter: &TestArbiter,
     ca: &Ca,
@@ -137,5 +152,88 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
 async fn tls_without_client_certificates() {
     let (arbiter, ca) = tls_arbiter(false).await;
     assert_eq!(check(connect(&arbiter, &ca, None).await).await, Ok(true));
+    arbiter.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn certificates_are_reloaded_when_their_files_change() {
+    let old_ca = new_ca("old CA");
+    let new_ca_ = new_ca("new CA");
+    let dir = tempfile::tempdir().unwrap();
+    let cert_file = dir.path().join("server.pem");
+    let key_file = dir.path().join("server.key");
+    let (cert, key) = leaf(&old_ca, &["localhost"]);
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let toml = format!(
+        "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n[policy]\nreload_interval = \"100ms\"\n",
+        cert_file.display(),
+        key_file.display()
+    );
+    let arbiter = TestArbiter::start(&[("p.rego", POLICY)], &toml).await;
+    assert_eq!(
+        check(connect(&arbiter, &old_ca, None).await).await,
+        Ok(true)
+    );
+    assert!(
+        check(connect(&arbiter, &new_ca_, None).await)
+            .await
+            .is_err()
+    );
+    // A long-lived connection from before the change keeps working after it.
+    let mut before = connect(&arbiter, &old_ca, None).await.unwrap();
+
+    // A broken certificate is refused and the old one keeps serving.
+    std::fs::write(&cert_file, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    assert!(
+        eventually(|| async {
+            !arbiter
+                .metrics()
+                .await
+                .contains("arbiter_tls_reload_failures_total 0")
+        })
+        .await,
+        "the broken certificate was not rejected"
+    );
+    assert_eq!(
+        check(connect(&arbiter, &old_ca, None).await).await,
+        Ok(true)
+    );
+    let readyz: serde_json::Value =
+        reqwest::get(format!("http://{}/readyz", arbiter.running.admin_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .map(|t| serde_json::from_str(&t).unwrap())
+            .unwrap();
+    assert!(
+        readyz["last_tls_reload_error"]
+            .as_str()
+            .unwrap()
+            .contains("server.pem"),
+        "{readyz}"
+    );
+
+    // The key is written before the certificate, as a rotation tool would
+    // (a certificate that doesn't match its key is refused in between).
+    let (cert, key) = leaf(&new_ca_, &["localhost"]);
+    std::fs::write(&key_file, key).unwrap();
+    std::fs::write(&cert_file, cert).unwrap();
+    assert!(
+        eventually(|| async { check(connect(&arbiter, &new_ca_, None).await).await == Ok(true) })
+            .await,
+        "new connections never got the new certificate"
+    );
+    assert!(check(connect(&arbiter, &old_ca, None).await).await.is_err());
+    let request: CheckRequest = serde_json::from_str(&http_request("GET", "/", &[], "")).unwrap();
+    assert!(is_allowed(
+        &before.check(request).await.unwrap().into_inner()
+    ));
+    let metrics = arbiter.metrics().await;
+    assert!(
+        !metrics.contains("arbiter_tls_reloads_total 0"),
+        "{metrics}"
+    );
     arbiter.running.shutdown().await;
 }

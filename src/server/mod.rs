@@ -23,6 +23,8 @@ use crate::proto::auth::{CheckRequest, CheckResponse};
 use crate::proto::core::address;
 use crate::telemetry::{self, Metrics, RequestSummary};
 
+pub mod tls;
+
 /// Why Arbiter could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -30,13 +32,8 @@ pub enum StartError {
     Policy(#[from] PolicyError),
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
-    #[error("TLS: cannot read {path}: {source}")]
-    TlsFile {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[from] tls::TlsError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -62,6 +59,8 @@ impl Readiness {
 pub struct Shared {
     pub policies: ArcSwap<PolicySet>,
     pub reload_status: crate::policy::reload::ReloadStatus,
+    /// Reloads of the gRPC listener's certificates.
+    pub tls_reload_status: crate::policy::reload::ReloadStatus,
     pub authenticator: Authenticator,
     pub metrics: Metrics,
     pub readiness: Readiness,
@@ -82,6 +81,7 @@ impl Shared {
         Self {
             policies: ArcSwap::from_pointee(policies),
             reload_status: Default::default(),
+            tls_reload_status: Default::default(),
             authenticator: Authenticator::start(&config.identity, &config.device, http),
             metrics: Metrics::default(),
             readiness: Readiness {
@@ -379,9 +379,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .ok();
     #[cfg(not(unix))]
     let hangup = None;
+    let tls = match &config.server.tls {
+        Some(files) => Some(Arc::new(tls::ReloadingTls::load(files)?)),
+        None => None,
+    };
     tokio::spawn(watch_for_reload(
         Arc::clone(&shared),
         config.policy.clone(),
+        tls.clone(),
         hangup,
         shutdown_rx.clone(),
     ));
@@ -390,23 +395,22 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     })
     .max_decoding_message_size(config.server.max_request_bytes);
     let mut grpc_shutdown = shutdown_rx.clone();
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &config.server.tls {
-        builder = builder
-            .tls_config(server_tls(tls)?)
-            .map_err(|e| StartError::Tls(e.to_string()))?;
-    }
-    let grpc_task = tokio::spawn(
-        builder
-            .add_service(health_service)
-            .add_service(service)
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-                async move {
-                    let _ = grpc_shutdown.wait_for(|stop| *stop).await;
-                },
-            ),
-    );
+    let stopped = async move {
+        let _ = grpc_shutdown.wait_for(|stop| *stop).await;
+    };
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(service);
+    let grpc_task = match tls {
+        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+            tls::incoming(grpc_listener, tls, shutdown_rx.clone()),
+            stopped,
+        )),
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            stopped,
+        )),
+    };
     let admin_task = tokio::spawn(crate::admin::serve(
         admin_listener,
         Arc::clone(&shared),
@@ -449,6 +453,7 @@ type Hangup = ();
 async fn watch_for_reload(
     shared: Arc<Shared>,
     policy: crate::config::PolicyConfig,
+    tls: Option<Arc<tls::ReloadingTls>>,
     mut hangup: Option<Hangup>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -456,6 +461,8 @@ async fn watch_for_reload(
     let key_files = shared.authenticator.key_files();
     let mut policy_print = reload::fingerprint(&policy.paths);
     let mut keys_print = reload::fingerprint(&key_files);
+    let tls_files = tls.as_ref().map(|t| t.paths()).unwrap_or_default();
+    let mut tls_print = reload::fingerprint(&tls_files);
     let interval = reload::watch_interval(&policy);
     loop {
         #[cfg(unix)]
@@ -493,6 +500,13 @@ async fn watch_for_reload(
         if forced || now != keys_print {
             keys_print = now;
             shared.authenticator.reload_key_files().await;
+        }
+        if let Some(tls) = &tls {
+            let now = reload::fingerprint(&tls_files);
+            if forced || now != tls_print {
+                tls_print = now;
+                tls.reload(&shared.tls_reload_status);
+            }
         }
     }
 }
@@ -552,30 +566,6 @@ async fn wait_for_stop_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-}
-
-fn server_tls(
-    tls: &crate::config::TlsConfig,
-) -> Result<tonic::transport::ServerTlsConfig, StartError> {
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|source| StartError::TlsFile {
-            path: path.to_owned(),
-            source,
-        })
-    };
-    let identity =
-        tonic::transport::Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?);
-    let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
-    match &tls.client_ca_file {
-        Some(ca) => {
-            config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
-            tracing::info!("gRPC listener: TLS, client certificates required");
-        }
-        None => tracing::warn!(
-            "gRPC listener: TLS without client certificates; anyone who reaches the port can ask for decisions"
-        ),
-    }
-    Ok(config)
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
