@@ -59,6 +59,14 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         "identity_providers": providers,
         "last_reload_error": shared.reload_status.last_error.load().as_deref().cloned(),
         "last_tls_reload_error": shared.tls_reload_status.last_error.load().as_deref().cloned(),
+        "bundle": shared.bundle.as_ref().map(|fetcher| {
+            let current = fetcher.current();
+            serde_json::json!({
+                "source": fetcher.source(),
+                "revision": current.as_ref().map(|b| b.manifest.revision.clone()),
+                "verified": current.as_ref().is_some_and(|b| b.verified),
+            })
+        }),
     });
     let status = if ready {
         StatusCode::OK
@@ -78,6 +86,9 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     crate::telemetry::render_identity(&mut text, &shared.authenticator);
     crate::telemetry::render_reloads(&mut text, "policy", &shared.reload_status);
     crate::telemetry::render_reloads(&mut text, "tls", &shared.tls_reload_status);
+    if let Some(fetcher) = &shared.bundle {
+        crate::telemetry::render_bundle(&mut text, fetcher);
+    }
     (
         [(
             header::CONTENT_TYPE,

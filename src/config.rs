@@ -213,6 +213,118 @@ pub struct PolicyConfig {
     /// `"0s"` to reload on SIGHUP only.
     #[serde(with = "humantime_serde")]
     pub reload_interval: Duration,
+    /// An OPA bundle to load policies and data from, beside `paths`.
+    pub bundle: Option<BundleConfig>,
+}
+
+/// An OPA bundle (`.tar.gz`) from a file or an HTTP(S) server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleConfig {
+    /// `https://…` (polled, with `ETag` / `If-None-Match`) or a file path.
+    pub source: String,
+    /// How often the source is checked for a new bundle.
+    #[serde(
+        with = "humantime_serde",
+        default = "BundleConfig::default_poll_interval"
+    )]
+    pub poll_interval: Duration,
+    /// How long start-up waits for the first bundle before giving up.
+    #[serde(
+        with = "humantime_serde",
+        default = "BundleConfig::default_startup_timeout"
+    )]
+    pub startup_timeout: Duration,
+    /// Limit on one download.
+    #[serde(
+        with = "humantime_serde",
+        default = "BundleConfig::default_fetch_timeout"
+    )]
+    pub fetch_timeout: Duration,
+    /// Largest bundle accepted, compressed or not, in bytes.
+    #[serde(default = "BundleConfig::default_max_bytes")]
+    pub max_bytes: u64,
+    /// File holding a bearer token sent to the bundle server (re-read on every fetch).
+    pub bearer_token_file: Option<PathBuf>,
+    /// Bundle signature verification; when set, unsigned or wrongly signed bundles are refused.
+    pub verification: Option<BundleVerificationConfig>,
+}
+
+impl BundleConfig {
+    /// Where the bundle comes from (validated when the config was read).
+    pub fn location(&self) -> BundleLocation {
+        BundleLocation::parse(&self.source, Path::new(""))
+            .unwrap_or_else(|_| BundleLocation::File(PathBuf::from(&self.source)))
+    }
+
+    fn default_poll_interval() -> Duration {
+        Duration::from_secs(60)
+    }
+    fn default_startup_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    fn default_fetch_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    fn default_max_bytes() -> u64 {
+        256 * 1024 * 1024
+    }
+}
+
+/// Where a bundle comes from.
+#[derive(Debug, Clone)]
+pub enum BundleLocation {
+    Url(reqwest::Url),
+    File(PathBuf),
+}
+
+impl BundleLocation {
+    /// `http://` and `https://` sources are URLs; anything else a file path.
+    ///
+    /// # Errors
+    /// A source that starts like a URL but is not one.
+    pub fn parse(source: &str, base: &Path) -> Result<Self, String> {
+        if source.starts_with("http://") || source.starts_with("https://") {
+            reqwest::Url::parse(source)
+                .map(Self::Url)
+                .map_err(|e| format!("{source}: {e}"))
+        } else {
+            let path = PathBuf::from(source);
+            Ok(Self::File(if path.is_relative() {
+                base.join(path)
+            } else {
+                path
+            }))
+        }
+    }
+}
+
+impl std::fmt::Display for BundleLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Url(url) => write!(f, "{url}"),
+            Self::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// The key that bundle signatures (`.signatures.json`, as `opa sign` makes them) must verify with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleVerificationConfig {
+    /// PEM public key (RSA, ECDSA, Ed25519), or the shared secret for HS256/384/512.
+    pub key_file: PathBuf,
+    /// The signing algorithm, as OPA names it (default RS256).
+    #[serde(default = "BundleVerificationConfig::default_algorithm")]
+    pub algorithm: String,
+    /// The scope the signature must carry, if any.
+    pub scope: Option<String>,
+}
+
+impl BundleVerificationConfig {
+    fn default_algorithm() -> String {
+        "RS256".to_owned()
+    }
 }
 
 impl Default for PolicyConfig {
@@ -225,6 +337,7 @@ impl Default for PolicyConfig {
             strict_builtin_errors: false,
             skip_request_body_parse: false,
             reload_interval: Duration::from_secs(1),
+            bundle: None,
         }
     }
 }
@@ -609,9 +722,32 @@ impl Config {
             path: origin.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
+        // With a bundle, local policy paths are only what is asked for.
+        let paths_given = text
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|t| t.get("policy")?.as_table()?.get("paths").cloned())
+            .is_some();
+        if config.policy.bundle.is_some() && !paths_given {
+            config.policy.paths.clear();
+        }
         for path in &mut config.policy.paths {
             if path.is_relative() {
                 *path = base.join(&*path);
+            }
+        }
+        if let Some(bundle) = &mut config.policy.bundle {
+            if let Ok(BundleLocation::File(path)) = BundleLocation::parse(&bundle.source, base) {
+                bundle.source = path.to_string_lossy().into_owned();
+            }
+            let files = bundle
+                .bearer_token_file
+                .iter_mut()
+                .chain(bundle.verification.as_mut().map(|v| &mut v.key_file));
+            for file in files {
+                if file.is_relative() {
+                    *file = base.join(&*file);
+                }
             }
         }
         let tls_files = config.server.tls.iter_mut().flat_map(|tls| {
@@ -648,11 +784,25 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.policy.paths.is_empty() {
+        if self.policy.paths.is_empty() && self.policy.bundle.is_none() {
             return Err(ConfigError::Invalid {
                 path: "policy.paths".into(),
-                message: "at least one policy path is required".into(),
+                message: "at least one policy path or a policy.bundle is required".into(),
             });
+        }
+        if let Some(bundle) = &self.policy.bundle {
+            BundleLocation::parse(&bundle.source, Path::new("")).map_err(|message| {
+                ConfigError::Invalid {
+                    path: "policy.bundle.source".into(),
+                    message,
+                }
+            })?;
+            if bundle.poll_interval < Duration::from_secs(1) {
+                return Err(ConfigError::Invalid {
+                    path: "policy.bundle.poll_interval".into(),
+                    message: "must be at least 1s".into(),
+                });
+            }
         }
         if self.policy.eval_timeout.is_zero() {
             return Err(ConfigError::Invalid {

@@ -395,6 +395,30 @@ pub fn render_reloads(out: &mut String, what: &str, status: &crate::policy::relo
     );
 }
 
+/// The OPA bundle: activations, failed fetches and the one serving.
+pub fn render_bundle(out: &mut String, fetcher: &crate::policy::reload::BundleFetcher) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = writeln!(
+        out,
+        "# HELP arbiter_bundle_activations_total Bundles verified, compiled and swapped in.\n# TYPE arbiter_bundle_activations_total counter\narbiter_bundle_activations_total {}",
+        fetcher.activations.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP arbiter_bundle_fetch_failures_total Bundle fetches that failed (network, HTTP status, size).\n# TYPE arbiter_bundle_fetch_failures_total counter\narbiter_bundle_fetch_failures_total {}",
+        fetcher.fetch_failures.load(Relaxed)
+    );
+    if let Some(bundle) = fetcher.current() {
+        let _ = writeln!(
+            out,
+            "# HELP arbiter_bundle_info The bundle serving now.\n# TYPE arbiter_bundle_info gauge\narbiter_bundle_info{{source=\"{}\",revision=\"{}\",verified=\"{}\"}} 1",
+            escape_label(&fetcher.source()),
+            escape_label(&bundle.manifest.revision),
+            bundle.verified
+        );
+    }
+}
+
 fn escape_label(value: &str) -> String {
     value
         .replace('\\', "\\\\")

@@ -5,6 +5,7 @@
 //! the request path and swaps it in; a request keeps the set it started with.
 
 pub mod builtins;
+pub mod bundle;
 mod net;
 mod outcome;
 pub mod reload;
@@ -41,6 +42,8 @@ pub enum PolicyError {
     Prepare { message: String },
     #[error("policy evaluation exceeded its time limit of {limit_ms} ms")]
     Timeout { limit_ms: u128 },
+    #[error(transparent)]
+    Bundle(#[from] bundle::BundleError),
     #[error("policy evaluation failed: {message}")]
     Evaluation { message: String },
     #[error("the decision is undefined")]
@@ -67,7 +70,7 @@ impl fmt::Display for Revision {
 }
 
 /// The files one policy set was built from.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct SourceFiles {
     rego: Vec<(PathBuf, String)>,
     /// Data files with the data path their directory gives them.
@@ -116,7 +119,35 @@ impl PolicySet {
     /// A file cannot be read or parsed (the error names the file and line),
     /// data files conflict, or no policy defines the decision rule.
     pub fn load(config: &PolicyConfig) -> Result<Self, PolicyError> {
-        let sources = collect(&config.paths)?;
+        let bundle = config
+            .bundle
+            .as_ref()
+            .map(bundle::read_configured_file)
+            .transpose()?;
+        Self::load_with(config, bundle.as_ref())
+    }
+
+    /// As [`PolicySet::load`], with an already fetched bundle's policies
+    /// and data added to the configured paths'. The bundle's manifest
+    /// chooses the Rego version if it names one.
+    ///
+    /// # Errors
+    /// As [`PolicySet::load`].
+    pub fn load_with(
+        config: &PolicyConfig,
+        bundle: Option<&bundle::Bundle>,
+    ) -> Result<Self, PolicyError> {
+        let mut sources = collect(&config.paths)?;
+        let mut rego_version = config.rego_version;
+        if let Some(bundle) = bundle {
+            sources.rego.extend(bundle.files.rego.iter().cloned());
+            sources.data.extend(bundle.files.data.iter().cloned());
+            match bundle.manifest.rego_version {
+                Some(0) => rego_version = RegoVersion::V0,
+                Some(_) => rego_version = RegoVersion::V1,
+                None => {}
+            }
+        }
         if sources.rego.is_empty() {
             return Err(PolicyError::NoPolicies {
                 paths: config
@@ -127,7 +158,7 @@ impl PolicySet {
                     .join(", "),
             });
         }
-        Self::compile(sources, config)
+        Self::compile(sources, config, rego_version)
     }
 
     /// Builds a set from policy and data given as text: for tests, fixtures
@@ -149,12 +180,16 @@ impl PolicySet {
                 .map(|d| vec![(PathBuf::from("data.json"), Vec::new(), d.to_owned())])
                 .unwrap_or_default(),
         };
-        Self::compile(sources, config)
+        Self::compile(sources, config, config.rego_version)
     }
 
-    fn compile(sources: SourceFiles, config: &PolicyConfig) -> Result<Self, PolicyError> {
+    fn compile(
+        sources: SourceFiles,
+        config: &PolicyConfig,
+        rego_version: RegoVersion,
+    ) -> Result<Self, PolicyError> {
         let mut engine = Engine::new();
-        engine.set_rego_v0(config.rego_version == RegoVersion::V0);
+        engine.set_rego_v0(rego_version == RegoVersion::V0);
         engine.set_strict_builtin_errors(config.strict_builtin_errors);
         engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
             limit: config.eval_timeout,
@@ -187,7 +222,7 @@ impl PolicySet {
             hasher.update([0]);
             hasher.update(text.as_bytes());
             hasher.update([0]);
-            let value = parse_data(path, text)?;
+            let value = parse_data(path, text, prefix.is_empty())?;
             let nested = prefix.iter().rev().fold(value, |inner, key| {
                 Value::from(BTreeMap::from([(Value::from(key.as_str()), inner)]))
             });
@@ -354,7 +389,8 @@ fn declares_decision(engine: &Engine, path: &DecisionPath, packages: &[(String, 
         })
 }
 
-fn parse_data(path: &Path, text: &str) -> Result<Value, PolicyError> {
+/// A data file's value; one at the root of `data` must be an object.
+fn parse_data(path: &Path, text: &str, at_root: bool) -> Result<Value, PolicyError> {
     let is_yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
     let value = if is_yaml {
         Value::from_yaml_str(text)
@@ -365,10 +401,10 @@ fn parse_data(path: &Path, text: &str) -> Result<Value, PolicyError> {
         path: path.to_owned(),
         message: e.to_string(),
     })?;
-    if value.as_object().is_err() {
+    if at_root && value.as_object().is_err() {
         return Err(PolicyError::Data {
             path: path.to_owned(),
-            message: "a data file must hold an object at its top level".into(),
+            message: "a data file at the root of the data document must hold an object".into(),
         });
     }
     Ok(value)

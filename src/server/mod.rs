@@ -59,6 +59,11 @@ impl Readiness {
 pub struct Shared {
     pub policies: ArcSwap<PolicySet>,
     pub reload_status: crate::policy::reload::ReloadStatus,
+    /// The OPA bundle source, if one is configured.
+    pub bundle: Option<Arc<crate::policy::reload::BundleFetcher>>,
+    /// Policy reloads (files or bundle) run one at a time, so that a slow
+    /// one cannot swap in a set older than a faster one's.
+    reload_lock: tokio::sync::Mutex<()>,
     /// Reloads of the gRPC listener's certificates.
     pub tls_reload_status: crate::policy::reload::ReloadStatus,
     pub authenticator: Authenticator,
@@ -82,6 +87,8 @@ impl Shared {
             policies: ArcSwap::from_pointee(policies),
             reload_status: Default::default(),
             tls_reload_status: Default::default(),
+            bundle: None,
+            reload_lock: tokio::sync::Mutex::new(()),
             authenticator: Authenticator::start(&config.identity, &config.device, http),
             metrics: Metrics::default(),
             readiness: Readiness {
@@ -103,6 +110,13 @@ impl Shared {
                 reason_header,
             },
         }
+    }
+
+    /// The same state, with policies that came (partly) from a bundle.
+    #[must_use]
+    pub fn with_bundle(mut self, fetcher: Arc<crate::policy::reload::BundleFetcher>) -> Self {
+        self.bundle = Some(fetcher);
+        self
     }
 
     /// Whether every part is ready: policies loaded, every provider's keys
@@ -334,19 +348,32 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     if config.decision.dry_run {
         tracing::warn!("DRY RUN: every deny is answered with an allow and only logged");
     }
-    let policies = PolicySet::load(&config.policy)?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .user_agent(concat!("arbiter/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| StartError::Http(e.to_string()))?;
+    let (policies, bundle) = match &config.policy.bundle {
+        Some(bundle) => {
+            let fetcher = Arc::new(
+                crate::policy::reload::BundleFetcher::new(bundle, &http)
+                    .map_err(PolicyError::from)?,
+            );
+            (fetcher.initial(&config.policy).await?, Some(fetcher))
+        }
+        None => (PolicySet::load(&config.policy)?, None),
+    };
     tracing::info!(
         revision = %policies.revision(),
         files = policies.files().len(),
         decision = %config.policy.decision,
         "policies loaded"
     );
-    let http = reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .user_agent(concat!("arbiter/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| StartError::Http(e.to_string()))?;
-    let shared = Arc::new(Shared::new(config, policies, &http));
+    let mut shared = Shared::new(config, policies, &http);
+    if let Some(fetcher) = bundle {
+        shared = shared.with_bundle(fetcher);
+    }
+    let shared = Arc::new(shared);
     if !shared
         .authenticator
         .wait_ready(config.identity.startup_grace)
@@ -383,6 +410,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         Some(files) => Some(Arc::new(tls::ReloadingTls::load(files)?)),
         None => None,
     };
+    if let Some(fetcher) = shared.bundle.clone() {
+        tokio::spawn(poll_bundle(
+            fetcher,
+            Arc::clone(&shared),
+            config.policy.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
     tokio::spawn(watch_for_reload(
         Arc::clone(&shared),
         config.policy.clone(),
@@ -491,10 +526,18 @@ async fn watch_for_reload(
             }
             () = tick => false,
         };
+        if forced && let Some(fetcher) = &shared.bundle {
+            let _guard = shared.reload_lock.lock().await;
+            fetcher
+                .poll(&policy, &shared.policies, &shared.reload_status)
+                .await;
+        }
         let now = reload::fingerprint(&policy.paths);
         if forced || now != policy_print {
             policy_print = now;
-            let _ = reload::reload(&policy, &shared.policies, &shared.reload_status).await;
+            let _guard = shared.reload_lock.lock().await;
+            let bundle = shared.bundle.as_ref().and_then(|b| b.current());
+            let _ = reload::reload(&policy, bundle, &shared.policies, &shared.reload_status).await;
         }
         let now = reload::fingerprint(&key_files);
         if forced || now != keys_print {
@@ -508,6 +551,25 @@ async fn watch_for_reload(
                 tls.reload(&shared.tls_reload_status);
             }
         }
+    }
+}
+
+/// Polls the bundle source every `poll_interval` until shutdown.
+async fn poll_bundle(
+    fetcher: Arc<crate::policy::reload::BundleFetcher>,
+    shared: Arc<Shared>,
+    policy: crate::config::PolicyConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            () = tokio::time::sleep(fetcher.poll_interval()) => {}
+        }
+        let _guard = shared.reload_lock.lock().await;
+        fetcher
+            .poll(&policy, &shared.policies, &shared.reload_status)
+            .await;
     }
 }
 
