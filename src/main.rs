@@ -11,6 +11,11 @@ use arbiter::context::{ParseOptions, RequestContext};
 use arbiter::policy::PolicySet;
 use arbiter::proto::auth::CheckRequest;
 
+// mimalloc: the decision path allocates many small, short-lived values
+// (regorus values, protobuf strings); glibc's allocator cost 10-20% of it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "arbiter",

@@ -6,7 +6,15 @@
 # The patterns live in policies/lib/; their settings in policies/data.json.
 package envoy.authz
 
-import data.lib
+import data.lib.device
+import data.lib.hygiene
+import data.lib.jit
+import data.lib.network
+import data.lib.permissions
+import data.lib.public
+import data.lib.services
+import data.lib.stepup
+import data.lib.tenancy
 
 default allow := {"allowed": false, "http_status": 403, "reason": "no_matching_rule"}
 
@@ -22,9 +30,9 @@ allow := {
 	"headers": deny_headers,
 } if count(denials) > 0
 
-grants := (((lib.public.grants | lib.services.grants) | lib.permissions.grants) | lib.tenancy.grants) | lib.jit.grants
+grants := (((public.grants | services.grants) | permissions.grants) | tenancy.grants) | jit.grants
 
-denials := (((lib.hygiene.denials | lib.network.denials) | lib.device.denials) | lib.stepup.denials) | lib.tenancy.denials
+denials := (((hygiene.denials | network.denials) | device.denials) | stepup.denials) | tenancy.denials
 
 first_denial := sort(denials)[0]
 

@@ -1,6 +1,6 @@
 # Permissions from verified token claims, in the two common styles:
 #   - a "permissions" claim listing "METHOD:/path/glob" entries;
-#   - OAuth scopes, mapped to routes in data.config.scope_routes.
+#   - OAuth scopes, mapped to routes in data.config.route_scopes.
 package lib.permissions
 
 import data.lib.util
@@ -13,9 +13,26 @@ grants contains "permission" if {
 	glob.match(substring(permission, i + 1, -1), ["/"], util.path)
 }
 
+# data.config.route_scopes maps a method and a route to the scope it needs.
+# A route is an exact path, a path ending in "/*" (one more segment) or in
+# "/**" (one or more). The table is looked up by the few routes that could
+# match this request's path, never scanned, so a decision costs the same
+# with ten routes or ten thousand.
 grants contains "scope" if {
-	some route in data.config.scope_routes
-	route.method == util.method
-	glob.match(route.path, ["/"], util.path)
-	route.scope in input.identity.scopes
+	some route in candidate_routes
+	scope := data.config.route_scopes[util.method][route]
+	scope in input.identity.scopes
+}
+
+candidate_routes contains util.path
+
+candidate_routes contains route if {
+	n := count(input.parsed_path)
+	n > 0
+	route := concat("/", array.concat(array.concat([""], array.slice(input.parsed_path, 0, n - 1)), ["*"]))
+}
+
+candidate_routes contains route if {
+	some i in numbers.range(0, count(input.parsed_path) - 1)
+	route := concat("/", array.concat(array.concat([""], array.slice(input.parsed_path, 0, i)), ["**"]))
 }
