@@ -93,11 +93,10 @@ fn device(posture: &DevicePosture, inventory: Option<&Value>) -> Value {
                 o.insert("error", Value::from("device_user_mismatch"));
             }
             for field in POSTURE_FIELDS {
-                let value = token
-                    .claims
-                    .get(field)
-                    .cloned()
-                    .map_or(Value::Null, Value::from);
+                let value = match token.claim(field) {
+                    Value::Undefined => Value::Null,
+                    value => value.clone(),
+                };
                 o.insert(field, value);
             }
             o.insert("age_seconds", Value::from(age.as_secs()));

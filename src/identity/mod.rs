@@ -74,10 +74,8 @@ impl DevicePosture {
     pub fn device_id(&self) -> Option<&str> {
         match self {
             Self::Verified { token, .. } => token
-                .claims
-                .get("device_id")
-                .or_else(|| token.claims.get("sub"))
-                .and_then(|v| v.as_str()),
+                .string_claim("device_id")
+                .or_else(|| token.string_claim("sub")),
             _ => None,
         }
     }
@@ -281,10 +279,12 @@ impl Authenticator {
         if age > device.max_age {
             return DevicePosture::Rejected(TokenError::PostureStale);
         }
-        let bound_to_user = match token.claims.get(&device.subject_claim) {
-            None => true,
-            Some(owner) => match user {
-                Authentication::Verified(user) => user.subject.as_deref() == owner.as_str(),
+        let bound_to_user = match token.claim(&device.subject_claim) {
+            regorus::Value::Undefined => true,
+            owner => match (user, owner) {
+                (Authentication::Verified(user), regorus::Value::String(owner)) => {
+                    user.subject.as_deref() == Some(&**owner)
+                }
                 _ => false,
             },
         };

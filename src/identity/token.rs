@@ -80,7 +80,6 @@ pub struct VerifiedToken {
     pub subject: Option<String>,
     pub audience: Vec<String>,
     pub scopes: Vec<String>,
-    pub claims: serde_json::Map<String, serde_json::Value>,
     pub expires_at: u64,
     pub issued_at: Option<u64>,
     not_before: Option<u64>,
@@ -97,7 +96,21 @@ impl VerifiedToken {
         &self.document
     }
 
-    fn build_document(&mut self) {
+    /// One claim of the token (`Undefined` if it has none). The claims are
+    /// kept once, in the policy's form, so a cached token holds no copy.
+    pub fn claim(&self, name: &str) -> &regorus::Value {
+        &self.document["claims"][name]
+    }
+
+    /// A string claim.
+    pub fn string_claim(&self, name: &str) -> Option<&str> {
+        match self.claim(name) {
+            regorus::Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn build_document(&mut self, claims: serde_json::Map<String, serde_json::Value>) {
         use regorus::Value;
         use std::collections::BTreeMap;
         let strings = |items: &[String]| {
@@ -119,7 +132,7 @@ impl VerifiedToken {
         doc.insert(Value::from("scopes"), strings(&self.scopes));
         doc.insert(
             Value::from("claims"),
-            Value::from(serde_json::Value::Object(self.claims.clone())),
+            Value::from(serde_json::Value::Object(claims)),
         );
         doc.insert(Value::from("expires_at"), Value::from(self.expires_at));
         self.document = Value::from(doc);
@@ -298,10 +311,9 @@ pub fn verify_with_keys(
         not_before,
         kid: unverified.kid.clone(),
         key_generation: keys.generation,
-        claims,
         document: regorus::Value::Null,
     };
-    verified.build_document();
+    verified.build_document(claims);
     Ok(verified)
 }
 
