@@ -1,0 +1,58 @@
+#![allow(dead_code, reason = "each fuzz target uses part of it")]
+
+//! What the fuzz targets share: a config, and a policy that reads every
+//! part of the input and never allows, so that any allow is a bug.
+
+use std::path::Path;
+use std::sync::LazyLock;
+
+use arbiter::Config;
+use arbiter::context::{ParseOptions, RequestContext};
+use arbiter::decision::{self, DecisionOptions};
+use arbiter::identity::Identity;
+use arbiter::policy::PolicySet;
+
+pub static CONFIG: LazyLock<Config> = LazyLock::new(|| {
+    Config::from_toml(
+        "[context]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1/128\"]\n",
+        Path::new("fuzz.toml"),
+        Path::new("."),
+    )
+    .expect("the fuzz config is valid")
+});
+
+pub static OPTIONS: LazyLock<ParseOptions> = LazyLock::new(|| ParseOptions::from_config(&CONFIG));
+
+const NEVER_ALLOWS: &str = r#"package envoy.authz
+
+default allow := {"allowed": false, "reason": "never"}
+
+allow := {"allowed": false, "reason": reason, "headers": {"x-seen": seen}} if {
+	seen := sprintf("%v %v %v %v", [
+		count(input.parsed_path),
+		count(object.keys(input.parsed_query)),
+		type_name(input.parsed_body),
+		input.source.ip,
+	])
+	reason := concat("-", [k | some k, _ in input.attributes.request.http.headers])
+}
+"#;
+
+pub static POLICY: LazyLock<PolicySet> = LazyLock::new(|| {
+    PolicySet::from_sources(&[("never.rego", NEVER_ALLOWS)], None, &CONFIG.policy)
+        .expect("the fuzz policy compiles")
+});
+
+/// Decides a request with the policy that never allows, and checks that it was denied.
+pub fn decide_and_check(ctx: &RequestContext, identity: &Identity) {
+    let input = arbiter::input::build(ctx, identity, None);
+    let decision = decision::decide(
+        POLICY.decide(input),
+        &DecisionOptions::default(),
+        "fuzz".into(),
+    );
+    assert!(
+        !decision.record.allowed,
+        "allowed although the policy never allows"
+    );
+}
