@@ -14,7 +14,6 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arbiter::policy::bundle::Bundle;
 use axum::Router;
@@ -209,30 +208,6 @@ async fn allowed(arbiter: &TestArbiter, path: &str) -> bool {
     )
 }
 
-async fn eventually<F, Fut>(mut probe: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..100 {
-        if probe().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
-async fn readyz(arbiter: &TestArbiter) -> serde_json::Value {
-    let text = reqwest::get(format!("http://{}/readyz", arbiter.running.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
 #[tokio::test]
 async fn a_bundle_server_is_polled_with_etags_and_new_bundles_replace_old_ones() {
     let server = BundleServer::start(pack(&bundle_files("/v1", "r1")), "r1").await;
@@ -250,9 +225,9 @@ async fn a_bundle_server_is_polled_with_etags_and_new_bundles_replace_old_ones()
     assert!(allowed(&arbiter, "/v1").await);
     assert!(allowed(&arbiter, "/public").await, "data from the bundle");
     assert!(!allowed(&arbiter, "/v2").await);
-    assert_eq!(readyz(&arbiter).await["bundle"]["revision"], "r1");
+    assert_eq!(arbiter.readyz().await["bundle"]["revision"], "r1");
     assert!(
-        eventually(|| async { server.state.not_modified.load(Ordering::SeqCst) >= 1 }).await,
+        poll_until(|| async { server.state.not_modified.load(Ordering::SeqCst) >= 1 }).await,
         "an unchanged bundle was downloaded again instead of 304"
     );
     assert!(
@@ -266,7 +241,7 @@ async fn a_bundle_server_is_polled_with_etags_and_new_bundles_replace_old_ones()
     );
 
     server.publish(pack(&bundle_files("/v2", "r2")), "r2");
-    assert!(eventually(|| async { allowed(&arbiter, "/v2").await }).await);
+    assert!(poll_until(|| async { allowed(&arbiter, "/v2").await }).await);
     assert!(!allowed(&arbiter, "/v1").await);
     let metrics = arbiter.metrics().await;
     assert!(
@@ -280,14 +255,14 @@ async fn a_bundle_server_is_polled_with_etags_and_new_bundles_replace_old_ones()
     broken[1].1 = b"package envoy.authz\n\nallow if {\n".to_vec();
     server.publish(pack(&broken), "r3");
     assert!(
-        eventually(|| async {
-            readyz(&arbiter).await["last_reload_error"]
+        poll_until(|| async {
+            arbiter.readyz().await["last_reload_error"]
                 .as_str()
                 .is_some_and(|e| e.contains("envoy/authz/policy.rego:"))
         })
         .await,
         "{}",
-        readyz(&arbiter).await
+        arbiter.readyz().await
     );
     assert!(allowed(&arbiter, "/v2").await);
     assert!(!allowed(&arbiter, "/v3").await);
@@ -295,7 +270,7 @@ async fn a_bundle_server_is_polled_with_etags_and_new_bundles_replace_old_ones()
     // The server fails: still r2, failures counted.
     server.fail_with(StatusCode::SERVICE_UNAVAILABLE);
     assert!(
-        eventually(|| async {
+        poll_until(|| async {
             !arbiter
                 .metrics()
                 .await
@@ -304,7 +279,7 @@ async fn a_bundle_server_is_polled_with_etags_and_new_bundles_replace_old_ones()
         .await
     );
     assert!(allowed(&arbiter, "/v2").await);
-    assert_eq!(readyz(&arbiter).await["bundle"]["revision"], "r2");
+    assert_eq!(arbiter.readyz().await["bundle"]["revision"], "r2");
     arbiter.running.shutdown().await;
 }
 
@@ -330,15 +305,15 @@ async fn signed_bundles_are_verified_and_tampered_ones_refused() {
     )
     .await;
     assert!(allowed(&arbiter, "/v1").await);
-    assert_eq!(readyz(&arbiter).await["bundle"]["verified"], true);
+    assert_eq!(arbiter.readyz().await["bundle"]["verified"], true);
 
     // A policy changed after signing.
     let mut tampered = sign(&bundle_files("/v1", "r1"), &key, None);
     tampered[1].1 = policy("/admin").into_bytes();
     std::fs::write(&bundle_path, pack(&tampered)).unwrap();
     assert!(
-        eventually(|| async {
-            readyz(&arbiter).await["last_reload_error"]
+        poll_until(|| async {
+            arbiter.readyz().await["last_reload_error"]
                 .as_str()
                 .is_some_and(|e| e.contains("digest mismatch"))
         })
@@ -350,8 +325,8 @@ async fn signed_bundles_are_verified_and_tampered_ones_refused() {
     // Unsigned.
     std::fs::write(&bundle_path, pack(&bundle_files("/admin", "r9"))).unwrap();
     assert!(
-        eventually(|| async {
-            readyz(&arbiter).await["last_reload_error"]
+        poll_until(|| async {
+            arbiter.readyz().await["last_reload_error"]
                 .as_str()
                 .is_some_and(|e| e.contains("not signed"))
         })
@@ -365,8 +340,8 @@ async fn signed_bundles_are_verified_and_tampered_ones_refused() {
         pack(&sign(&bundle_files("/v2", "r2"), &key, None)),
     )
     .unwrap();
-    assert!(eventually(|| async { allowed(&arbiter, "/v2").await }).await);
-    assert!(readyz(&arbiter).await["last_reload_error"].is_null());
+    assert!(poll_until(|| async { allowed(&arbiter, "/v2").await }).await);
+    assert!(arbiter.readyz().await["last_reload_error"].is_null());
     arbiter.running.shutdown().await;
 }
 

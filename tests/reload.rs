@@ -31,16 +31,6 @@ fn replace(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-async fn readyz(arbiter: &TestArbiter) -> serde_json::Value {
-    let text = reqwest::get(format!("http://{}/readyz", arbiter.running.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
 async fn eventually<F: std::future::Future<Output = bool>>(
     what: &str,
     mut check: impl FnMut() -> F,
@@ -127,16 +117,16 @@ async fn a_broken_reload_keeps_the_old_set_and_says_why() {
     )
     .await;
     let policy = arbiter.dir.path().join("policies/p.rego");
-    let revision = readyz(&arbiter).await["policy_revision"].clone();
+    let revision = arbiter.readyz().await["policy_revision"].clone();
     replace(
         &policy,
         "package envoy.authz\n\nallow if {\n  input.x ==\n}\n",
     );
     eventually("the rejected reload", || async {
-        !readyz(&arbiter).await["last_reload_error"].is_null()
+        !arbiter.readyz().await["last_reload_error"].is_null()
     })
     .await;
-    let ready = readyz(&arbiter).await;
+    let ready = arbiter.readyz().await;
     let error = ready["last_reload_error"].as_str().unwrap();
     assert!(error.contains("p.rego:5"), "{error}");
     assert_eq!(
@@ -154,10 +144,10 @@ async fn a_broken_reload_keeps_the_old_set_and_says_why() {
 
     replace(&policy, &versioned_policy("2"));
     eventually("the fixed reload", || async {
-        readyz(&arbiter).await["last_reload_error"].is_null()
+        arbiter.readyz().await["last_reload_error"].is_null()
     })
     .await;
-    assert_ne!(readyz(&arbiter).await["policy_revision"], revision);
+    assert_ne!(arbiter.readyz().await["policy_revision"], revision);
     let request = http_request("GET", "/", &[("x-want", "2")], "");
     assert!(is_allowed(&arbiter.check_json(&request).await));
     arbiter.running.shutdown().await;

@@ -73,21 +73,6 @@ async fn tls_arbiter(mutual: bool) -> (TestArbiter, Ca) {
     (arbiter, ca)
 }
 
-/// Polls `probe` every 100 ms for up to 10 s until it holds.
-async fn eventually<F, Fut>(mut probe: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..100 {
-        if probe().await {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    false
-}
-
 async fn connect(
     arbiter: &TestArbiter,
     ca: &Ca,
@@ -186,7 +171,7 @@ async fn certificates_are_reloaded_when_their_files_change() {
     // A broken certificate is refused and the old one keeps serving.
     std::fs::write(&cert_file, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
     assert!(
-        eventually(|| async {
+        poll_until(|| async {
             !arbiter
                 .metrics()
                 .await
@@ -199,14 +184,7 @@ async fn certificates_are_reloaded_when_their_files_change() {
         check(connect(&arbiter, &old_ca, None).await).await,
         Ok(true)
     );
-    let readyz: serde_json::Value =
-        reqwest::get(format!("http://{}/readyz", arbiter.running.admin_addr))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .map(|t| serde_json::from_str(&t).unwrap())
-            .unwrap();
+    let readyz = arbiter.readyz().await;
     assert!(
         readyz["last_tls_reload_error"]
             .as_str()
@@ -221,7 +199,7 @@ async fn certificates_are_reloaded_when_their_files_change() {
     std::fs::write(&key_file, key).unwrap();
     std::fs::write(&cert_file, cert).unwrap();
     assert!(
-        eventually(|| async { check(connect(&arbiter, &new_ca_, None).await).await == Ok(true) })
+        poll_until(|| async { check(connect(&arbiter, &new_ca_, None).await).await == Ok(true) })
             .await,
         "new connections never got the new certificate"
     );

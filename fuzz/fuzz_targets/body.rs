@@ -8,9 +8,7 @@ mod common;
 
 use arbiter::context::RequestContext;
 use arbiter::identity::Identity;
-use arbiter::proto::auth::AttributeContext;
-use arbiter::proto::auth::CheckRequest;
-use arbiter::proto::auth::attribute_context::{HttpRequest, Request};
+use arbiter::proto::auth::attribute_context::HttpRequest;
 use libfuzzer_sys::fuzz_target;
 
 const CONTENT_TYPES: [&str; 5] = [
@@ -42,15 +40,7 @@ fuzz_target!(|data: &[u8]| {
         raw_body: if raw { body.to_vec() } else { Vec::new() },
         ..Default::default()
     };
-    let request = CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(http),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    };
+    let request = common::check_request(http);
     let ctx = RequestContext::from_check(request, &common::OPTIONS);
     common::decide_and_check(&ctx, &Identity::anonymous());
 });

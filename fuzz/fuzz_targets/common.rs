@@ -11,6 +11,8 @@ use arbiter::context::{ParseOptions, RequestContext};
 use arbiter::decision::{self, DecisionOptions};
 use arbiter::identity::Identity;
 use arbiter::policy::PolicySet;
+use arbiter::proto::auth::attribute_context::{HttpRequest, Request};
+use arbiter::proto::auth::{AttributeContext, CheckRequest};
 
 pub static CONFIG: LazyLock<Config> = LazyLock::new(|| {
     Config::from_toml(
@@ -55,4 +57,17 @@ pub fn decide_and_check(ctx: &RequestContext, identity: &Identity) {
         !decision.record.allowed,
         "allowed although the policy never allows"
     );
+}
+
+/// A CheckRequest carrying just this HTTP request.
+pub fn check_request(http: HttpRequest) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(http),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
 }

@@ -13,9 +13,7 @@ use arbiter::Config;
 use arbiter::context::RequestContext;
 use arbiter::identity::test_keys::{TestKey, jwks};
 use arbiter::identity::{Authentication, Authenticator};
-use arbiter::proto::auth::AttributeContext;
-use arbiter::proto::auth::CheckRequest;
-use arbiter::proto::auth::attribute_context::{HttpRequest, Request};
+use arbiter::proto::auth::attribute_context::HttpRequest;
 use libfuzzer_sys::fuzz_target;
 
 struct Setup {
@@ -63,15 +61,7 @@ fuzz_target!(|data: &[u8]| {
             .collect(),
         ..Default::default()
     };
-    let request = CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(http),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    };
+    let request = common::check_request(http);
     let ctx = RequestContext::from_check(request, &setup.options);
     let authentication = setup
         .runtime

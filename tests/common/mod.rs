@@ -54,6 +54,13 @@ impl TestArbiter {
         reqwest::get(url).await.unwrap().text().await.unwrap()
     }
 
+    /// The admin endpoint `/readyz`, parsed.
+    pub async fn readyz(&self) -> serde_json::Value {
+        let url = format!("http://{}/readyz", self.running.admin_addr);
+        let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
     pub async fn check_json(&self, json: &str) -> CheckResponse {
         let request: CheckRequest = serde_json::from_str(json).unwrap();
         self.client()
@@ -209,4 +216,19 @@ pub fn http_request(method: &str, path: &str, headers: &[(&str, &str)], body: &s
         }
     })
     .to_string()
+}
+
+/// Polls `probe` every 100 ms for up to 10 s until it holds.
+pub async fn poll_until<F, Fut>(mut probe: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if probe().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
 }
