@@ -265,7 +265,9 @@ const MAX_REASON_LABELS: usize = 256;
 /// Arbiter's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    decisions: Mutex<BTreeMap<(bool, String), u64>>,
+    /// Counts by deny reason, for denies (`[0]`) and allows (`[1]`): looked
+    /// up by `&str`, so a decision allocates only for a reason not seen before.
+    decisions: Mutex<[BTreeMap<String, u64>; 2]>,
     pub decision_latency: Histogram,
     pub eval_latency: Histogram,
 }
@@ -278,13 +280,15 @@ impl Metrics {
             .map(|r| r.as_str())
             .unwrap_or("");
         if let Ok(mut decisions) = self.decisions.lock() {
-            let key = (record.allowed, reason.to_owned());
-            if decisions.len() >= MAX_REASON_LABELS && !decisions.contains_key(&key) {
-                *decisions
-                    .entry((record.allowed, "other".to_owned()))
-                    .or_default() += 1;
+            let labels: usize = decisions.iter().map(BTreeMap::len).sum();
+            let [denies, allows] = &mut *decisions;
+            let counts = if record.allowed { allows } else { denies };
+            if let Some(count) = counts.get_mut(reason) {
+                *count += 1;
+            } else if labels >= MAX_REASON_LABELS {
+                *counts.entry("other".to_owned()).or_default() += 1;
             } else {
-                *decisions.entry(key).or_default() += 1;
+                counts.insert(reason.to_owned(), 1);
             }
         }
         self.decision_latency.observe(total);
@@ -297,8 +301,10 @@ impl Metrics {
         out.push_str("# HELP arbiter_decisions_total Decisions made, by result and deny reason.\n");
         out.push_str("# TYPE arbiter_decisions_total counter\n");
         if let Ok(decisions) = self.decisions.lock() {
-            for ((allowed, reason), count) in decisions.iter() {
-                let result = if *allowed { "allow" } else { "deny" };
+            let by_result = ["deny", "allow"].iter().zip(decisions.iter());
+            for (result, reason, count) in by_result
+                .flat_map(|(result, counts)| counts.iter().map(move |(r, c)| (result, r, c)))
+            {
                 let _ = writeln!(
                     out,
                     "arbiter_decisions_total{{result=\"{result}\",reason=\"{}\"}} {count}",
@@ -472,5 +478,30 @@ mod tests {
         assert!(text.contains("arbiter_decision_duration_seconds_count 2"));
         assert!(text.contains("arbiter_policy_revision{revision=\"abc\"} 1"));
         assert!(text.contains("arbiter_ready 1"));
+    }
+
+    #[test]
+    fn policy_reasons_past_the_label_limit_count_as_other() {
+        let metrics = Metrics::default();
+        let deny = |reason: String| {
+            metrics.record_decision(
+                &record(false, Some(DenyReason::Policy(Some(reason)))),
+                Duration::ZERO,
+                Duration::ZERO,
+            );
+        };
+        for i in 0..MAX_REASON_LABELS {
+            deny(format!("r{i}"));
+        }
+        deny("r0".into());
+        deny("one_too_many".into());
+        deny("another".into());
+        let text = metrics.render("abc", true);
+        assert!(
+            text.contains("arbiter_decisions_total{result=\"deny\",reason=\"r0\"} 2"),
+            "{text}"
+        );
+        assert!(!text.contains("one_too_many"));
+        assert!(text.contains("arbiter_decisions_total{result=\"deny\",reason=\"other\"} 2"));
     }
 }

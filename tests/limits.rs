@@ -17,7 +17,7 @@ use arbiter::identity::test_keys::{TestKey, jwks};
 use arbiter::proto::auth::CheckRequest;
 use common::idp::{Idp, Mode};
 use common::*;
-use jsonwebtoken::{Algorithm, Header};
+use jsonwebtoken::Algorithm;
 
 const POLICY: &str = "package envoy.authz\nallow := true\n";
 
@@ -33,19 +33,7 @@ async fn slow_setup(extra: &str) -> (TestArbiter, Idp, CheckRequest) {
     );
     let arbiter = TestArbiter::start(&[("p.rego", POLICY)], &toml).await;
     idp.set_mode(Mode::Slow(Duration::from_secs(3)));
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some("rotated-away".into());
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let token = key
-        .sign_with_header(
-            &header,
-            &serde_json::json!({"iss": idp.issuer(), "aud": "api", "exp": exp}),
-        )
-        .unwrap();
+    let token = token_with_kid(&key, Some("rotated-away"), &idp.issuer());
     let request = serde_json::from_str(&http_request(
         "GET",
         "/",

@@ -17,7 +17,7 @@ use arbiter::proto::auth::CheckRequest;
 use arbiter::proto::auth::authorization_client::AuthorizationClient;
 use common::idp::{Idp, Mode};
 use common::{Binary, denied_response, header_values, http_request, is_allowed};
-use jsonwebtoken::{Algorithm, Header};
+use jsonwebtoken::Algorithm;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_requests_in_flight_then_exits() {
@@ -45,19 +45,7 @@ async fn sigterm_drains_requests_in_flight_then_exits() {
     let mut server = Binary::serve(&dir.path().join("arbiter.toml"));
     idp.set_mode(Mode::Slow(Duration::from_millis(1500)));
 
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some("unknown".into());
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let token = key
-        .sign_with_header(
-            &header,
-            &serde_json::json!({"iss": idp.issuer(), "aud": "api", "exp": exp}),
-        )
-        .unwrap();
+    let token = common::token_with_kid(&key, Some("unknown"), &idp.issuer());
     let request: CheckRequest = serde_json::from_str(&http_request(
         "GET",
         "/",

@@ -232,3 +232,24 @@ where
     }
     false
 }
+
+/// A token for `issuer` and audience `api`, valid for ten minutes, signed by
+/// `key` with the given `kid` in its header (`None`: no kid at all).
+pub fn token_with_kid(
+    key: &arbiter::identity::test_keys::TestKey,
+    kid: Option<&str>,
+    issuer: &str,
+) -> String {
+    let mut header = jsonwebtoken::Header::new(key.alg);
+    header.kid = kid.map(str::to_owned);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    key.sign_with_header(
+        &header,
+        &serde_json::json!({"iss": issuer, "aud": "api", "exp": exp}),
+    )
+    .unwrap()
+}
