@@ -270,9 +270,22 @@ pub struct Metrics {
     decisions: Mutex<[BTreeMap<String, u64>; 2]>,
     pub decision_latency: Histogram,
     pub eval_latency: Histogram,
+    /// gRPC calls answered with an error status instead of a decision, by
+    /// status code (0-16): requests too large or not decodable.
+    refusals: [AtomicU64; 17],
 }
 
 impl Metrics {
+    /// Counts a call refused with gRPC status `code` before any decision.
+    pub fn record_refusal(&self, code: i32) {
+        if let Some(counter) = usize::try_from(code)
+            .ok()
+            .and_then(|i| self.refusals.get(i))
+        {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn record_decision(&self, record: &DecisionRecord, total: Duration, eval: Duration) {
         let reason = record
             .deny_reason
@@ -322,6 +335,20 @@ impl Metrics {
             "arbiter_policy_eval_duration_seconds",
             "Time spent evaluating the decision rule.",
         );
+        out.push_str(
+            "# HELP arbiter_grpc_refusals_total Calls answered with a gRPC error instead of a decision (Envoy denies them), by status code.\n",
+        );
+        out.push_str("# TYPE arbiter_grpc_refusals_total counter\n");
+        for (code, count) in self.refusals.iter().enumerate() {
+            let count = count.load(Ordering::Relaxed);
+            if count > 0 {
+                let _ = writeln!(
+                    out,
+                    "arbiter_grpc_refusals_total{{code=\"{:?}\"}} {count}",
+                    tonic::Code::from(i32::try_from(code).unwrap_or_default())
+                );
+            }
+        }
         out.push_str("# HELP arbiter_policy_revision The loaded policy revision.\n");
         out.push_str("# TYPE arbiter_policy_revision gauge\n");
         let _ = writeln!(

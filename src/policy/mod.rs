@@ -6,6 +6,7 @@
 
 pub mod builtins;
 pub mod bundle;
+mod nesting;
 mod net;
 mod outcome;
 pub mod reload;
@@ -208,6 +209,15 @@ impl PolicySet {
             hasher.update([0]);
             hasher.update(text.as_bytes());
             hasher.update([0]);
+            nesting::check(text).map_err(|at| PolicyError::Compile {
+                path: path.clone(),
+                message: format!(
+                    "{}:{}: `[` and `{{` nested more than {} levels deep (parsing time doubles with each level)",
+                    at.line,
+                    at.column,
+                    nesting::MAX_NESTING
+                ),
+            })?;
             let package = engine
                 .add_policy(path.display().to_string(), text.clone())
                 .map_err(|e| PolicyError::Compile {
@@ -603,6 +613,21 @@ mod tests {
         let err = set("package envoy.authz\n\nallow if {\n  input.a ==\n}\n").unwrap_err();
         let text = err.to_string();
         assert!(text.contains("test.rego:5"), "{text}");
+    }
+
+    #[test]
+    fn nesting_at_the_limit_compiles_and_deeper_is_refused_with_file_and_line() {
+        let at = |depth: usize| {
+            format!(
+                "package envoy.authz\n\nallow := count({}1{}) > 0\n",
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+        };
+        assert!(set(&at(nesting::MAX_NESTING)).is_ok());
+        let err = set(&at(64)).unwrap_err().to_string();
+        assert!(err.contains("test.rego:3:"), "{err}");
+        assert!(err.contains("nested more than"), "{err}");
     }
 
     #[test]

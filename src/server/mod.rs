@@ -433,7 +433,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let stopped = async move {
         let _ = grpc_shutdown.wait_for(|stop| *stop).await;
     };
+    let refusals = Arc::clone(&shared);
     let router = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            move |response: http::Response<tonic::body::Body>| {
+                record_refusal(&refusals, &response);
+                response
+            },
+        ))
         .add_service(health_service)
         .add_service(service);
     let grpc_task = match tls {
@@ -484,6 +491,24 @@ async fn publish_health(health: &tonic_health::server::HealthReporter, ready: bo
 type Hangup = tokio::signal::unix::Signal;
 #[cfg(not(unix))]
 type Hangup = ();
+
+/// A call that tonic answered with an error status before it reached
+/// [`CheckService`] (too large, not decodable, unknown method) is denied by
+/// Envoy without a decision log entry, so it is logged and counted here.
+fn record_refusal(shared: &Shared, response: &http::Response<tonic::body::Body>) {
+    let Some(status) = tonic::Status::from_header_map(response.headers()) else {
+        return;
+    };
+    if status.code() == tonic::Code::Ok {
+        return;
+    }
+    shared.metrics.record_refusal(status.code() as i32);
+    tracing::warn!(
+        code = ?status.code(),
+        message = status.message(),
+        "call refused before a decision"
+    );
+}
 
 async fn watch_for_reload(
     shared: Arc<Shared>,
