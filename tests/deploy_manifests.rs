@@ -152,9 +152,15 @@ fn dockerfile_is_multi_stage_small_and_non_root() {
     assert!(text.contains("COPY policies /etc/arbiter/policies"));
 }
 
+const ENVOY_CONFIGS: [&str; 3] = [
+    "deploy/envoy/envoy.yaml",
+    "deploy/envoy/sidecar.yaml",
+    "deploy/envoy/replicas.yaml",
+];
+
 #[test]
 fn envoy_configurations_never_fail_open() {
-    for path in ["deploy/envoy/envoy.yaml", "deploy/envoy/sidecar.yaml"] {
+    for path in ENVOY_CONFIGS {
         let text = std::fs::read_to_string(root().join(path)).unwrap();
         assert!(text.contains("failure_mode_allow: false"), "{path}");
         assert!(!text.contains("failure_mode_allow: true"), "{path}");
@@ -180,7 +186,7 @@ async fn a_real_envoy_accepts_every_envoy_configuration() {
     std::fs::write(dir.path().join("cert-chain.pem"), cert.pem()).unwrap();
     std::fs::write(dir.path().join("root-cert.pem"), cert.pem()).unwrap();
     std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
-    for path in ["deploy/envoy/envoy.yaml", "deploy/envoy/sidecar.yaml"] {
+    for path in ENVOY_CONFIGS {
         let text = std::fs::read_to_string(root().join(path))
             .unwrap()
             .replace("/etc/certs", &dir.path().display().to_string());

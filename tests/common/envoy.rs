@@ -206,11 +206,12 @@ impl Envoy {
     }
 }
 
-fn replace_port(config: &str, from: u16, to: u16) -> String {
+/// Replaces a port number of a config from `deploy/envoy/`.
+pub fn replace_port(config: &str, from: u16, to: u16) -> String {
     let needle = format!("port_value: {from} ");
     assert!(
         config.contains(&needle),
-        "deploy/envoy/envoy.yaml no longer has port {from}"
+        "the Envoy config no longer has port {from}"
     );
     config.replace(&needle, &format!("port_value: {to} "))
 }
