@@ -188,6 +188,11 @@ impl Envoy {
             .filter(|a: &SocketAddr| a.port() != 0)
     }
 
+    /// Envoy's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.listener)
     }
