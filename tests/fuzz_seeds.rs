@@ -120,4 +120,12 @@ fn write_seed_corpus() {
     // The leading byte chooses the bundle branch; the gzip stream follows it.
     let bundle = gz.finish().unwrap();
     write("config_and_policy", "bundle", &bundle);
+
+    // Regression: 42 nested `[` in a rule head hung regorus's parser (a
+    // fuzzer timeout in CI); now refused by policy::nesting at once.
+    let mut nested = vec![1];
+    nested.extend_from_slice(
+        format!("package p\n\nde{}nials contains 1\n", "[".repeat(42)).as_bytes(),
+    );
+    write("config_and_policy", "regression_nested_brackets", &nested);
 }
