@@ -277,11 +277,8 @@ pub struct Metrics {
 
 impl Metrics {
     /// Counts a call refused with gRPC status `code` before any decision.
-    pub fn record_refusal(&self, code: i32) {
-        if let Some(counter) = usize::try_from(code)
-            .ok()
-            .and_then(|i| self.refusals.get(i))
-        {
+    pub fn record_refusal(&self, code: tonic::Code) {
+        if let Some(counter) = self.refusals.get(code as usize) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
     }

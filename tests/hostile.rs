@@ -359,15 +359,6 @@ allow if {
     arbiter.running.shutdown().await;
 }
 
-fn resident_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// The real binary, fed the hostile requests above round after round:
 /// its resident memory levels off instead of growing with each round, and
 /// every refusal is in its log with the reason.
@@ -416,7 +407,7 @@ async fn memory_stays_bounded_under_hostile_requests() {
                 }
             }
         }
-        after_round.push(resident_kib(binary.child.id()));
+        after_round.push(common::envoy::resident_kib(binary.child.id()).unwrap());
     }
     eprintln!("resident KiB after each round: {after_round:?}");
     let (first, last) = (after_round[1], after_round[5]);

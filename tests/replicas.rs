@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::envoy::{Envoy, Upstream, envoy_binary, replace_port};
+use common::envoy::{Envoy, Upstream, envoy_binary};
 use common::{Binary, test_config_toml};
 
 const POLICY: &str = r#"
@@ -72,16 +72,12 @@ fn port(addr: &str) -> u16 {
 }
 
 async fn envoy_with(binary: &PathBuf, replicas: [&Binary; 2], upstream: SocketAddr) -> Envoy {
-    let template = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/envoy/replicas.yaml"),
-    )
-    .unwrap();
-    let config = replace_port(&template, 9901, 0);
-    let config = replace_port(&config, 10000, 0);
-    let config = replace_port(&config, 9191, port(&replicas[0].grpc));
-    let config = replace_port(&config, 9192, port(&replicas[1].grpc));
-    let config = replace_port(&config, 8000, upstream.port());
-    Envoy::start_with_config(binary, &config).await
+    let ports = [
+        (9191, port(&replicas[0].grpc)),
+        (9192, port(&replicas[1].grpc)),
+        (8000, upstream.port()),
+    ];
+    Envoy::start_deployed(binary, "deploy/envoy/replicas.yaml", &ports).await
 }
 
 /// Sends requests from `workers` loops until `stop`, half that the policy

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arbiter::identity::test_keys::{TestKey, jwks};
-use common::envoy::{Envoy, Upstream, envoy_binary};
+use common::envoy::{Envoy, Upstream, envoy_binary, resident_kib};
 use common::idp::Idp;
 use common::{Binary, test_config_toml};
 use hdrhistogram::Histogram;
@@ -122,13 +122,8 @@ struct Interval {
 }
 
 fn resident_mib(pid: Option<u32>) -> f64 {
-    let Some(pid) = pid else { return 0.0 };
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
+    pid.and_then(resident_kib)
+        .map_or(0.0, |kib| kib as f64 / 1024.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,7 +260,7 @@ async fn soak() {
     );
     let (mut errors, mut wrong, mut rss) = (0u64, 0u64, Vec::new());
     let (mut next_rotate, mut next_reload, mut next_report) = (rotate, reload, report);
-    let (mut reloads, mut previous_key): (u64, Option<TestKey>) = (0, None);
+    let mut reloads = 0u64;
     let end = Duration::from_secs(seconds);
     while started.elapsed() < end {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -278,10 +273,9 @@ async fn soak() {
             s.generation += 1;
             let new = TestKey::generate(&format!("k{}", s.generation), Algorithm::ES256).unwrap();
             idp.set_keys(jwks(&[&s.current, &new]));
-            let old = std::mem::replace(&mut s.current, new);
+            s.current = new;
             s.forger = TestKey::generate(&s.current.kid, Algorithm::ES256).unwrap();
             s.cached = s.token(&s.current, "alice");
-            previous_key = Some(old);
         }
         if now >= next_reload {
             next_reload += reload;
@@ -321,7 +315,6 @@ async fn soak() {
             );
         }
     }
-    drop(previous_key);
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.unwrap();

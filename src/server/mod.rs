@@ -502,7 +502,7 @@ fn record_refusal(shared: &Shared, response: &http::Response<tonic::body::Body>)
     if status.code() == tonic::Code::Ok {
         return;
     }
-    shared.metrics.record_refusal(status.code() as i32);
+    shared.metrics.record_refusal(status.code());
     tracing::warn!(
         code = ?status.code(),
         message = status.message(),

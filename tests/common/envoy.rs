@@ -111,14 +111,21 @@ impl Envoy {
     /// Starts Envoy with `deploy/envoy/envoy.yaml`, pointed at the given
     /// Arbiter and upstream, its listener and admin on free ports.
     pub async fn start(binary: &PathBuf, arbiter: SocketAddr, upstream: SocketAddr) -> Self {
-        let template = std::fs::read_to_string(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/envoy/envoy.yaml"),
-        )
-        .unwrap();
-        let config = replace_port(&template, 9901, 0);
-        let config = replace_port(&config, 10000, 0);
-        let config = replace_port(&config, 9191, arbiter.port());
-        let config = replace_port(&config, 8000, upstream.port());
+        let ports = [(9191, arbiter.port()), (8000, upstream.port())];
+        Self::start_deployed(binary, "deploy/envoy/envoy.yaml", &ports).await
+    }
+
+    /// Starts Envoy with a config from `deploy/envoy/`, each `(from, to)`
+    /// port replaced, its listener (10000) and admin (9901) on free ports.
+    pub async fn start_deployed(binary: &PathBuf, file: &str, ports: &[(u16, u16)]) -> Self {
+        let template =
+            std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+        let config = [(9901, 0), (10000, 0)]
+            .iter()
+            .chain(ports)
+            .fold(template, |config, (from, to)| {
+                replace_port(&config, *from, *to)
+            });
         Self::start_with_config(binary, &config).await
     }
 
@@ -211,12 +218,20 @@ impl Envoy {
     }
 }
 
-/// Replaces a port number of a config from `deploy/envoy/`.
-pub fn replace_port(config: &str, from: u16, to: u16) -> String {
+fn replace_port(config: &str, from: u16, to: u16) -> String {
     let needle = format!("port_value: {from} ");
     assert!(
         config.contains(&needle),
         "the Envoy config no longer has port {from}"
     );
     config.replace(&needle, &format!("port_value: {to} "))
+}
+
+/// A process's resident memory in KiB, from `/proc`; `None` once it is gone.
+pub fn resident_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
