@@ -85,6 +85,21 @@ fn deserialize_nets<'de, D: serde::Deserializer<'de>>(
         .collect()
 }
 
+/// Whether a device posture token must name the user it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PostureBinding {
+    /// A posture token that names no user is not verified
+    /// (`posture_not_bound`): otherwise one device's token, once stolen,
+    /// vouches for any caller, even an anonymous one.
+    #[default]
+    Required,
+    /// For fleets whose posture tokens name no user: such a token is
+    /// verified for any caller. A token that names a user must still name
+    /// the verified caller.
+    Optional,
+}
+
 /// Device posture: a token signed by the device-management service.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -96,9 +111,11 @@ pub struct DeviceConfig {
     /// Posture older than this (from the token's `iat`) is refused.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
-    /// Claim naming the user the device belongs to; when present it must be
-    /// the verified user's subject, or the device is not verified.
+    /// Claim naming the user the device belongs to; it must be the
+    /// verified user's subject, or the device is not verified.
     pub subject_claim: String,
+    /// Whether a posture token must name its user (`subject_claim`).
+    pub binding: PostureBinding,
     /// Slash-separated data path of a device inventory keyed by device ID
     /// (e.g. `devices`), merged into `input.device.inventory`.
     pub inventory: Option<String>,
@@ -115,6 +132,7 @@ impl Default for DeviceConfig {
             jwt: None,
             max_age: Duration::from_secs(3600),
             subject_claim: "user".to_owned(),
+            binding: PostureBinding::Required,
             inventory: None,
             trusted_edge_header: None,
         }

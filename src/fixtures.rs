@@ -560,40 +560,87 @@ fn find_files(paths: &[PathBuf]) -> Result<FoundFiles, FixtureError> {
     Ok(found)
 }
 
-/// The `test_*` rules of a Rego test file, with the package they are in.
-fn rego_test_rules(text: &str) -> Vec<String> {
-    let mut package = None;
-    let mut rules = Vec::new();
+/// Every identifier in a Rego file that starts with `test_`, outside
+/// comments and strings, once each: the candidates for test rules, which
+/// the compiled policy then confirms as rule heads.
+fn test_rule_candidates(text: &str) -> Vec<&str> {
+    let mut names: Vec<&str> = Vec::new();
     for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("package ") {
-            package = Some(rest.trim().to_owned());
-        } else if line.starts_with("test_")
-            && let Some(package) = &package
-        {
-            let name: String = line
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            let rule = format!("data.{package}.{name}");
-            if !rules.contains(&rule) {
-                rules.push(rule);
+        let mut in_string = false;
+        let mut start = None;
+        let bytes = line.as_bytes();
+        for (i, &b) in bytes.iter().enumerate() {
+            let ident = b.is_ascii_alphanumeric() || b == b'_';
+            match (start, ident) {
+                (None, true) if !in_string => {
+                    let after_ident = i > 0 && bytes.get(i - 1).is_some_and(|p| *p == b'.');
+                    if !after_ident {
+                        start = Some(i);
+                    }
+                }
+                (Some(from), false) => {
+                    push_candidate(&mut names, line.get(from..i));
+                    start = None;
+                }
+                _ => {}
+            }
+            if !ident && start.is_none() {
+                match b {
+                    b'"' | b'`' => in_string = !in_string,
+                    b'#' if !in_string => break,
+                    _ => {}
+                }
             }
         }
+        if let Some(from) = start {
+            push_candidate(&mut names, line.get(from..));
+        }
     }
-    rules
+    names
+}
+
+fn push_candidate<'a>(names: &mut Vec<&'a str>, word: Option<&'a str>) {
+    if let Some(word) = word.filter(|w| w.starts_with("test_"))
+        && !names.contains(&word)
+    {
+        names.push(word);
+    }
 }
 
 fn run_rego_tests(policies: &PolicySet, files: &[PathBuf]) -> Vec<CaseResult> {
     let mut results = Vec::new();
     for file in files {
-        let Ok(text) = std::fs::read_to_string(file) else {
-            results.push(CaseResult {
+        match std::fs::read_to_string(file) {
+            Ok(text) => results.extend(run_rego_test_file(policies, file, &text)),
+            Err(e) => results.push(CaseResult {
                 name: file.display().to_string(),
-                failure: Some("cannot read the file".into()),
-            });
-            continue;
-        };
-        for rule in rego_test_rules(&text) {
+                failure: Some(format!("cannot read the file: {e}")),
+            }),
+        }
+    }
+    results
+}
+
+/// Runs every `test_` rule one Rego test file declares. A test file in
+/// which none is found fails: a test the runner cannot see must not pass.
+fn run_rego_test_file(policies: &PolicySet, file: &Path, text: &str) -> Vec<CaseResult> {
+    let rules = match policies.declared_rules(file, test_rule_candidates(text)) {
+        Ok(rules) if rules.is_empty() => Err("no test_ rules in a _test.rego file".to_owned()),
+        Ok(rules) => Ok(rules),
+        Err(e) => Err(e.to_string()),
+    };
+    let rules = match rules {
+        Ok(rules) => rules,
+        Err(failure) => {
+            return vec![CaseResult {
+                name: file.display().to_string(),
+                failure: Some(failure),
+            }];
+        }
+    };
+    rules
+        .into_iter()
+        .map(|rule| {
             let failure = match policies.evaluate(&rule, regorus::Value::new_object()) {
                 Ok(regorus::Value::Bool(true)) => None,
                 Ok(regorus::Value::Undefined) | Ok(regorus::Value::Bool(false)) => {
@@ -602,30 +649,69 @@ fn run_rego_tests(policies: &PolicySet, files: &[PathBuf]) -> Vec<CaseResult> {
                 Ok(other) => Some(format!("FAIL: not a boolean: {other}")),
                 Err(e) => Some(format!("ERROR: {e}")),
             };
-            results.push(CaseResult {
+            CaseResult {
                 name: rule,
                 failure,
-            });
-        }
-    }
-    results
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "tests")]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests")]
 mod tests {
     use super::*;
 
     #[test]
-    fn finds_test_rules_per_package() {
-        let text = "package a.b_test\n\ntest_one if { true }\ntest_two := true\nhelper if true\n  test_indented if true\npackage c\ntest_three if true\n";
+    fn test_rules_are_found_wherever_they_stand_and_only_rule_heads_count() {
+        let text = "package a.b_test\n\ntest_one if { true }\ntest_two := true\nhelper if true\n  test_indented if {\n    test_local := 1\n    test_local == 1\n  }\n\ttest_tabbed := true # test_in_comment\nnot_a_test if data.x.test_ref\nmsg := \"test_in_string\"\n";
         assert_eq!(
-            rego_test_rules(text),
+            test_rule_candidates(text),
+            vec!["test_one", "test_two", "test_indented", "test_local", "test_tabbed"]
+        );
+        let policies = PolicySet::from_sources(
+            &[
+                ("a_test.rego", text),
+                ("p.rego", "package envoy.authz\nallow := true\n"),
+            ],
+            None,
+            &crate::config::PolicyConfig::default(),
+        )
+        .unwrap();
+        let results = run_rego_test_file(&policies, Path::new("a_test.rego"), text);
+        let names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
             vec![
                 "data.a.b_test.test_one",
                 "data.a.b_test.test_two",
-                "data.c.test_three"
+                "data.a.b_test.test_indented",
+                "data.a.b_test.test_tabbed"
             ]
+        );
+        assert!(results.iter().all(|r| r.failure.is_none()), "{results:?}");
+    }
+
+    #[test]
+    fn a_test_file_without_test_rules_fails_loudly() {
+        let policies = PolicySet::from_sources(
+            &[
+                ("empty_test.rego", "package x_test\nhelper := true\n"),
+                ("p.rego", "package envoy.authz\nallow := true\n"),
+            ],
+            None,
+            &crate::config::PolicyConfig::default(),
+        )
+        .unwrap();
+        let results = run_rego_test_file(
+            &policies,
+            Path::new("empty_test.rego"),
+            "package x_test\nhelper := true\n",
+        );
+        assert_eq!(results.len(), 1);
+        assert!(
+            results[0].failure.as_deref().unwrap_or_default().contains("no test_ rules"),
+            "{results:?}"
         );
     }
 

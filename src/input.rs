@@ -83,14 +83,14 @@ fn device(posture: &DevicePosture, inventory: Option<&Value>) -> Value {
         DevicePosture::Absent => return Value::Null,
         DevicePosture::Verified {
             token,
-            bound_to_user,
+            binding,
             age,
         } => {
             let id = posture.device_id();
             o.insert("id", id.map_or(Value::Null, Value::from));
-            o.insert("verified", Value::from(*bound_to_user));
-            if !bound_to_user {
-                o.insert("error", Value::from("device_user_mismatch"));
+            o.insert("verified", Value::from(binding.is_verified()));
+            if let Some(error) = binding.error() {
+                o.insert("error", Value::from(error));
             }
             for field in POSTURE_FIELDS {
                 let value = match token.claim(field) {

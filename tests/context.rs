@@ -272,15 +272,44 @@ async fn verified_device_posture_bound_to_the_user() {
     assert_eq!(device["error"], "device_user_mismatch");
     let device = device_seen(&s, &[("x-device-posture", &good)]).await;
     assert_eq!(device["verified"], false);
+    assert_eq!(device["error"], "device_user_mismatch");
 
-    // A posture token that names no user is not bound.
+    // A posture token that names no user is bound to nobody: by default it
+    // vouches for no caller, neither a verified one nor an anonymous one.
     let unbound = posture(&s.device_key, json!({"user": null}));
-    let device = device_seen(&s, &[("x-device-posture", &unbound)]).await;
-    assert_eq!(device["verified"], true);
+    for headers in [
+        vec![("x-device-posture", unbound.as_str())],
+        vec![("authorization", alice.as_str()), ("x-device-posture", unbound.as_str())],
+    ] {
+        let device = device_seen(&s, &headers).await;
+        assert_eq!(device["verified"], false, "{headers:?}");
+        assert_eq!(device["error"], "posture_not_bound");
+        assert_eq!(device["compliant"], true, "claims are shown, not believed");
+    }
 
     // Missing: null.
     let device = device_seen(&s, &[("authorization", &alice)]).await;
     assert_eq!(device, serde_json::Value::Null);
+    s.arbiter.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn unbound_posture_is_verified_only_when_binding_is_optional() {
+    let s = device_setup(ECHO_POLICY, "binding = \"optional\"").await;
+    let alice = format!("Bearer {}", user_token(&s.user_key, "alice"));
+    let bob = format!("Bearer {}", user_token(&s.user_key, "bob"));
+    let unbound = posture(&s.device_key, json!({"user": null}));
+    let device = device_seen(&s, &[("x-device-posture", &unbound)]).await;
+    assert_eq!(device["verified"], true);
+    assert_eq!(device.get("error"), None);
+    // A token that names a user is still bound to that user.
+    let alices = posture(&s.device_key, json!({}));
+    let device = device_seen(&s, &[("authorization", &bob), ("x-device-posture", &alices)]).await;
+    assert_eq!(device["verified"], false);
+    assert_eq!(device["error"], "device_user_mismatch");
+    let device =
+        device_seen(&s, &[("authorization", &alice), ("x-device-posture", &alices)]).await;
+    assert_eq!(device["verified"], true);
     s.arbiter.running.shutdown().await;
 }
 
@@ -355,15 +384,19 @@ async fn a_trusted_edge_header_is_used_only_when_configured_and_never_verified()
         json!({"id": null, "verified": false, "compliant": true, "source": "edge_header"})
     );
     // A posture token, when present, takes precedence over the header.
-    let good = posture(&s.device_key, json!({"user": null}));
+    let alice = format!("Bearer {}", user_token(&s.user_key, "alice"));
+    let good = posture(&s.device_key, json!({}));
     let device = device_seen(
         &s,
         &[
+            ("authorization", &alice),
             ("x-device-compliance", "noncompliant"),
             ("x-device-posture", &good),
         ],
     )
     .await;
     assert_eq!(device["verified"], true);
+    assert_eq!(device["compliant"], true);
+    assert_eq!(device.get("source"), None);
     s.arbiter.running.shutdown().await;
 }

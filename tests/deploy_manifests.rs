@@ -158,13 +158,64 @@ const ENVOY_CONFIGS: [&str; 3] = [
     "deploy/envoy/replicas.yaml",
 ];
 
+/// Every `envoy.filters.http.ext_authz` filter's `typed_config` in a
+/// parsed Envoy configuration, wherever it is nested.
+fn ext_authz_filters(value: &Value, found: &mut Vec<Value>) {
+    match value {
+        Value::Mapping(map) => {
+            if map.get("name").and_then(Value::as_str) == Some("envoy.filters.http.ext_authz") {
+                found.push(map.get("typed_config").cloned().unwrap_or(Value::Null));
+            }
+            for child in map.values() {
+                ext_authz_filters(child, found);
+            }
+        }
+        Value::Sequence(items) => {
+            for child in items {
+                ext_authz_filters(child, found);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// An Envoy duration (`0.25s`) as a `Duration`.
+fn envoy_duration(value: &Value) -> Option<std::time::Duration> {
+    let seconds: f64 = value.as_str()?.strip_suffix('s')?.parse().ok()?;
+    std::time::Duration::try_from_secs_f64(seconds).ok()
+}
+
+/// Checked where the fields live: each ext_authz filter's own
+/// `failure_mode_allow` (false, stated, not left to the default), the
+/// `status_on_error` that tells a failed check from a deny, and its gRPC
+/// call's `timeout`, above Arbiter's evaluation limit and below a second.
 #[test]
 fn envoy_configurations_never_fail_open() {
+    let eval_timeout = Config::default().policy.eval_timeout;
     for path in ENVOY_CONFIGS {
-        let text = std::fs::read_to_string(root().join(path)).unwrap();
-        assert!(text.contains("failure_mode_allow: false"), "{path}");
-        assert!(!text.contains("failure_mode_allow: true"), "{path}");
-        assert!(text.contains("timeout: 0.25s"), "{path}");
+        let mut filters = Vec::new();
+        for doc in documents(path) {
+            ext_authz_filters(&doc, &mut filters);
+        }
+        assert!(!filters.is_empty(), "{path}: no ext_authz filter");
+        for filter in filters {
+            assert_eq!(
+                filter["failure_mode_allow"],
+                Value::Bool(false),
+                "{path}: failure_mode_allow must be stated false"
+            );
+            assert_eq!(
+                filter["status_on_error"]["code"].as_str(),
+                Some("ServiceUnavailable"),
+                "{path}"
+            );
+            let timeout = envoy_duration(&filter["grpc_service"]["timeout"])
+                .unwrap_or_else(|| panic!("{path}: the ext_authz gRPC call needs a timeout"));
+            assert!(
+                timeout > eval_timeout && timeout <= std::time::Duration::from_secs(1),
+                "{path}: ext_authz timeout {timeout:?}"
+            );
+        }
     }
 }
 

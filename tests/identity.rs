@@ -370,12 +370,69 @@ async fn a_flood_of_random_kids_fetches_at_most_once_per_interval() {
             vec!["token_unknown_key"]
         );
     }
-    assert!(
-        idp.fetches() - before <= 1,
-        "{} fetches for 2000 unknown kids",
-        idp.fetches() - before
+    // The first miss fetches; every later one falls within the interval.
+    assert_eq!(
+        idp.fetches() - before,
+        1,
+        "fetches for 2000 unknown kids within one kid_miss_min_interval"
     );
     arbiter.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_misses_for_a_new_kid_share_one_fetch() {
+    let old = TestKey::generate("old", Algorithm::ES256).unwrap();
+    let new = TestKey::generate("new", Algorithm::ES256).unwrap();
+    let idp = Idp::start(jwks(&[&old])).await;
+    // No interval to hide behind: only coalescing can keep this to one
+    // fetch. The deadline is lifted above the IdP's slowness.
+    let toml = format!("[server]\ndecision_timeout = \"10s\"\n{}", provider_toml(&idp, "")).replace(
+        "kid_miss_min_interval = \"60s\"",
+        "kid_miss_min_interval = \"1ms\"",
+    );
+    let arbiter = TestArbiter::start(&[("p.rego", POLICY)], &toml).await;
+    idp.set_keys(jwks(&[&old, &new]));
+    // Slow enough that every request below misses while the fetch runs.
+    idp.set_mode(Mode::Slow(Duration::from_millis(800)));
+    let before = idp.fetches();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let token = new
+            .sign(&with(claims(&idp), json!({"jti": format!("t{i}")})))
+            .unwrap();
+        let request: arbiter::proto::auth::CheckRequest = serde_json::from_str(&http_request(
+            "GET",
+            "/",
+            &[("authorization", &format!("Bearer {token}"))],
+            "",
+        ))
+        .unwrap();
+        let mut client = arbiter.client().await;
+        tasks.push(tokio::spawn(async move {
+            client.check(request).await.unwrap().into_inner()
+        }));
+    }
+    for task in tasks {
+        let response = task.await.unwrap();
+        assert!(is_allowed(&response), "{response:?}");
+    }
+    assert_eq!(idp.fetches() - before, 1, "50 concurrent misses, one fetch");
+    arbiter.running.shutdown().await;
+}
+
+/// Waits until the IdP has served `more` further JWKS fetches and returns
+/// how long that took; fails after `within`.
+async fn time_fetches(idp: &Idp, more: usize, within: Duration) -> Duration {
+    let target = idp.fetches() + more;
+    let started = std::time::Instant::now();
+    while idp.fetches() < target {
+        assert!(
+            started.elapsed() < within,
+            "{more} fetches did not come within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
 }
 
 #[tokio::test]
@@ -426,7 +483,13 @@ async fn idp_failures_keep_good_keys_until_the_staleness_bound() {
         check(&arbiter, Some(&fresh)).await.0,
         "keys serve while the IdP is down, within the bound"
     );
-    tokio::time::sleep(Duration::from_millis(3200)).await;
+    // Past max_staleness the keys go stale: readiness turns false.
+    let ready_url = format!("http://{}/readyz", arbiter.running.admin_addr);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while reqwest::get(&ready_url).await.unwrap().status() == 200 {
+        assert!(std::time::Instant::now() < deadline, "keys never went stale");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (allowed, status, reason, _) = check(&arbiter, Some(&token)).await;
     assert!(!allowed, "stale keys must fail closed");
     assert_eq!((status, reason.as_str()), (503, "jwks_stale"));
@@ -451,8 +514,9 @@ async fn a_cached_token_is_still_checked_for_expiry() {
         &provider_toml(&idp, "leeway = \"0s\""),
     )
     .await;
+    let exp = now() + 2;
     let token = key
-        .sign(&with(claims(&idp), json!({"exp": now() + 2})))
+        .sign(&with(claims(&idp), json!({"exp": exp})))
         .unwrap();
     assert!(check(&arbiter, Some(&token)).await.0);
     assert!(
@@ -468,9 +532,17 @@ async fn a_cached_token_is_still_checked_for_expiry() {
         metrics.contains("arbiter_token_cache_lookups_total{result=\"miss\"} 1"),
         "{metrics}"
     );
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let (allowed, _, reason, _) = check(&arbiter, Some(&token)).await;
-    assert!(!allowed);
+    // Still in the cache: the next uses are refused from the second `exp` passes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let reason = loop {
+        let (allowed, _, reason, _) = check(&arbiter, Some(&token)).await;
+        if !allowed {
+            break reason;
+        }
+        assert!(now() <= exp, "allowed after its exp");
+        assert!(std::time::Instant::now() < deadline, "never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(reason, "token_expired");
     arbiter.running.shutdown().await;
 }
@@ -569,22 +641,29 @@ async fn keys_are_refreshed_in_the_background_as_cache_control_allows() {
         .replace("refresh_min = \"1h\"", "refresh_min = \"1s\"")
         .replace("refresh_max = \"1h\"", "refresh_max = \"2s\"");
     let arbiter = TestArbiter::start(&[("p.rego", POLICY)], &toml).await;
-    let start = idp.fetches();
-    tokio::time::sleep(Duration::from_millis(3500)).await;
-    let refreshed = idp.fetches() - start;
+    // max-age=1 within [1s, 2s]: two refreshes take two to four seconds.
+    let took = time_fetches(&idp, 2, Duration::from_secs(10)).await;
     assert!(
-        (2..=4).contains(&refreshed),
-        "max-age=1 within [1s, 2s]: {refreshed} background fetches in 3.5 s"
+        took >= Duration::from_millis(1500),
+        "max-age=1: two background fetches in {took:?}"
     );
 
-    // A huge max-age is capped at refresh_max; no-store is raised to refresh_min.
+    // A huge max-age is capped at refresh_max (2 s)...
     idp.set_cache_control("max-age=86400");
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let before = idp.fetches();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    time_fetches(&idp, 1, Duration::from_secs(5)).await;
+    let took = time_fetches(&idp, 1, Duration::from_secs(6)).await;
     assert!(
-        idp.fetches() > before,
-        "max-age above refresh_max must not stop refreshes"
+        took >= Duration::from_millis(1500),
+        "max-age above refresh_max: next fetch after {took:?}"
+    );
+
+    // ...and no-store is raised to refresh_min (1 s), never a fetch loop.
+    idp.set_cache_control("no-store");
+    time_fetches(&idp, 1, Duration::from_secs(5)).await;
+    let took = time_fetches(&idp, 2, Duration::from_secs(10)).await;
+    assert!(
+        took >= Duration::from_millis(1500),
+        "no-store: two background fetches in {took:?}"
     );
     arbiter.running.shutdown().await;
 }

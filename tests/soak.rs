@@ -45,7 +45,8 @@ fn policy(version: u64) -> String {
         r#"
 package envoy.authz
 
-# Rewritten every reload period; the decisions never change.
+# Rewritten every reload period; the decisions never change, but every
+# allowed request carries the version that decided it.
 version := "{version}"
 
 default allow := {{"allowed": false, "http_status": 403, "reason": "not_allowed"}}
@@ -178,6 +179,8 @@ async fn soak() {
     let stop = Arc::new(AtomicBool::new(false));
     let interval = Arc::new(Mutex::new(Interval::default()));
     let total_requests = Arc::new(AtomicU64::new(0));
+    // Every policy version an allowed request reached the upstream with.
+    let versions_seen = Arc::new(Mutex::new(std::collections::BTreeSet::<u64>::new()));
     let workers = 8u64;
     let per_worker = Duration::from_secs_f64(workers as f64 / rate as f64);
     let mut tasks = Vec::new();
@@ -188,6 +191,7 @@ async fn soak() {
             Arc::clone(&signer),
         );
         let total = Arc::clone(&total_requests);
+        let versions = Arc::clone(&versions_seen);
         let base = envoy.url("");
         tasks.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
@@ -215,8 +219,28 @@ async fn soak() {
                     request = request.bearer_auth(token);
                 }
                 let sent = Instant::now();
-                let status = request.send().await.map(|r| r.status().as_u16());
+                let answer = match request.send().await {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        response.text().await.map(|body| (status, body))
+                    }
+                    Err(e) => Err(e),
+                };
                 let latency = sent.elapsed();
+                let status = answer.as_ref().map(|(status, _)| *status);
+                if let Ok((200, body)) = &answer {
+                    let version = serde_json::from_str::<serde_json::Value>(body)
+                        .ok()
+                        .and_then(|echo| {
+                            echo["headers"]["x-policy-version"][0].as_str()?.parse().ok()
+                        });
+                    match version {
+                        Some(v) => {
+                            versions.lock().unwrap().insert(v);
+                        }
+                        None => eprintln!("allowed without a policy version: {body}"),
+                    }
+                }
                 let (error, wrong) = match status {
                     Ok(200) => (false, !kind.should_allow()),
                     Ok(401 | 403) => (false, kind.should_allow()),
@@ -261,6 +285,8 @@ async fn soak() {
     let (mut errors, mut wrong, mut rss) = (0u64, 0u64, Vec::new());
     let (mut next_rotate, mut next_reload, mut next_report) = (rotate, reload, report);
     let mut reloads = 0u64;
+    // When each version was written, to judge which ones had time to be seen.
+    let mut written = vec![(0u64, Duration::ZERO)];
     let end = Duration::from_secs(seconds);
     while started.elapsed() < end {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -281,6 +307,7 @@ async fn soak() {
             next_reload += reload;
             reloads += 1;
             std::fs::write(&policy_path, policy(reloads)).unwrap();
+            written.push((reloads, now));
         }
         if now >= next_report || now >= end {
             next_report += report;
@@ -342,6 +369,29 @@ async fn soak() {
     assert_eq!(errors, 0, "requests that failed");
     assert_eq!(wrong, 0, "requests decided wrongly");
     assert!(total > 0);
+    // Every rewrite was loaded and decided requests: a lost reload shows as
+    // a version no allowed request ever carried. The last one may have been
+    // written too close to the end to be polled and used.
+    let seen = versions_seen.lock().unwrap().clone();
+    let due: Vec<u64> = written
+        .iter()
+        .filter(|(_, at)| *at + Duration::from_secs(5) <= end)
+        .map(|(v, _)| *v)
+        .collect();
+    let missed: Vec<u64> = due.iter().copied().filter(|v| !seen.contains(v)).collect();
+    assert!(missed.is_empty(), "policy versions never seen deciding: {missed:?} (seen {seen:?})");
+    assert!(
+        policy_reloads >= (due.len() - 1) as f64,
+        "{policy_reloads} reloads counted for {} rewrites",
+        due.len() - 1
+    );
+    // Each rotation makes clients sign with a kid Arbiter has not seen: a
+    // fetch on the kid miss, at least one per rotation plus the first.
+    let rotations = signer.lock().unwrap().generation;
+    assert!(
+        jwks_fetches >= (rotations + 1) as f64,
+        "{jwks_fetches} key fetches for {rotations} rotations"
+    );
     // Memory flat: the verified-token cache (10,000 tokens) fills in the
     // first minutes, as a fifth of the requests bring a new token; from
     // then on resident memory must not grow.

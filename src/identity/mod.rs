@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{
-    DeviceConfig, IdentityConfig, JwtProviderConfig, OnInvalidToken, TokenLocation,
+    DeviceConfig, IdentityConfig, JwtProviderConfig, OnInvalidToken, PostureBinding,
+    TokenLocation,
 };
 use crate::context::RequestContext;
 
@@ -56,17 +57,47 @@ impl Identity {
 pub enum DevicePosture {
     /// No posture token (and no trusted edge header).
     Absent,
-    /// A posture token that verified. `bound_to_user` is false when it
-    /// names a user other than the verified caller (or there is none).
+    /// A posture token that verified, and how it relates to the caller:
+    /// only [`PostureBinding::Bound`] and [`PostureBinding::Unbound`] make
+    /// the device `verified` for the policy.
     Verified {
         token: Arc<VerifiedToken>,
-        bound_to_user: bool,
+        binding: UserBinding,
         age: Duration,
     },
     /// A posture token that is forged, expired, stale or otherwise invalid.
     Rejected(TokenError),
     /// No token, but the configured trusted edge set its compliance header.
     EdgeHeader(String),
+}
+
+/// How a verified posture token relates to the verified caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserBinding {
+    /// The token names the verified caller.
+    Bound,
+    /// The token names no user, and `[device] binding = "optional"` accepts that.
+    Unbound,
+    /// The token names no user, and binding is required.
+    NotBound,
+    /// The token names another user, or the caller is not verified.
+    OtherUser,
+}
+
+impl UserBinding {
+    /// Whether the posture may be believed for this caller.
+    pub fn is_verified(self) -> bool {
+        matches!(self, Self::Bound | Self::Unbound)
+    }
+
+    /// Why the posture is not believed, for `input.device.error`.
+    pub fn error(self) -> Option<&'static str> {
+        match self {
+            Self::Bound | Self::Unbound => None,
+            Self::NotBound => Some("posture_not_bound"),
+            Self::OtherUser => Some("device_user_mismatch"),
+        }
+    }
 }
 
 impl DevicePosture {
@@ -87,6 +118,7 @@ struct DeviceVerifier {
     location: TokenLocation,
     max_age: Duration,
     subject_claim: String,
+    binding: PostureBinding,
     edge_header: Option<String>,
 }
 
@@ -145,6 +177,9 @@ impl Authenticator {
                 make(&p)
             })
             .collect();
+        if device.binding == PostureBinding::Optional && !device_providers.is_empty() {
+            tracing::warn!(claim = %device.subject_claim, "device binding is OPTIONAL: a posture token that names no user is verified for any caller");
+        }
         if let Some(edge) = &device.trusted_edge_header {
             tracing::warn!(header = %edge, "device compliance is taken from a header when no posture token is present; the edge must strip it from clients");
         }
@@ -158,6 +193,7 @@ impl Authenticator {
                     providers: device_providers,
                     max_age: device.max_age,
                     subject_claim: device.subject_claim.clone(),
+                    binding: device.binding,
                     edge_header: device
                         .trusted_edge_header
                         .as_ref()
@@ -279,18 +315,19 @@ impl Authenticator {
         if age > device.max_age {
             return DevicePosture::Rejected(TokenError::PostureStale);
         }
-        let bound_to_user = match token.claim(&device.subject_claim) {
-            regorus::Value::Undefined => true,
-            owner => match (user, owner) {
-                (Authentication::Verified(user), regorus::Value::String(owner)) => {
-                    user.subject.as_deref() == Some(&**owner)
-                }
-                _ => false,
-            },
+        let binding = match (token.claim(&device.subject_claim), device.binding) {
+            (regorus::Value::Undefined, PostureBinding::Required) => UserBinding::NotBound,
+            (regorus::Value::Undefined, PostureBinding::Optional) => UserBinding::Unbound,
+            (regorus::Value::String(owner), _)
+                if matches!(user, Authentication::Verified(user) if user.subject.as_deref() == Some(&**owner)) =>
+            {
+                UserBinding::Bound
+            }
+            _ => UserBinding::OtherUser,
         };
         DevicePosture::Verified {
             token,
-            bound_to_user,
+            binding,
             age,
         }
     }

@@ -15,14 +15,48 @@ use axum::http::{HeaderMap, Method, Uri};
 use axum::routing::any;
 use tokio::process::{Child, Command};
 
-/// The Envoy binary, or `None` when it is not installed and not required.
-/// With `REQUIRE_ENVOY=1` a missing Envoy fails the test instead.
+/// The Envoy binary. When none is found, `scripts/install-envoy.sh` is run
+/// once (as `.ci/run` does), so that a green `cargo test` has run the Envoy
+/// tests too. Only when that fails is the test skipped, said on stderr past
+/// the test harness's capture so that it shows in the summary; with
+/// `REQUIRE_ENVOY=1` it fails instead.
 pub fn envoy_binary() -> Option<PathBuf> {
+    static INSTALL: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    if let Some(found) = find_envoy() {
+        return Some(found);
+    }
+    let installed = INSTALL.get_or_init(|| {
+        install_envoy();
+        find_envoy()
+    });
+    if installed.is_none() {
+        assert!(
+            std::env::var("REQUIRE_ENVOY").as_deref() != Ok("1"),
+            "REQUIRE_ENVOY=1 but no Envoy found: run scripts/install-envoy.sh or set ENVOY_BIN"
+        );
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("an Envoy test")
+            .to_owned();
+        // Straight to the process's stderr: the harness captures only
+        // `eprintln!`, and a skip must not pass for a full run.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!(
+                "\nSKIPPED {test}: no Envoy, and scripts/install-envoy.sh failed (see above)\n"
+            )
+            .as_bytes(),
+        );
+    }
+    installed.clone()
+}
+
+fn find_envoy() -> Option<PathBuf> {
     let candidates = [
         std::env::var_os("ENVOY_BIN").map(PathBuf::from),
         Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/envoy")),
     ];
-    let found = candidates
+    candidates
         .into_iter()
         .flatten()
         .find(|p| p.is_file())
@@ -32,15 +66,29 @@ pub fn envoy_binary() -> Option<PathBuf> {
                     .map(|dir| dir.join("envoy"))
                     .find(|p| p.is_file())
             })
-        });
-    if found.is_none() {
-        assert!(
-            std::env::var("REQUIRE_ENVOY").as_deref() != Ok("1"),
-            "REQUIRE_ENVOY=1 but no Envoy found: run scripts/install-envoy.sh or set ENVOY_BIN"
+        })
+}
+
+/// Runs `scripts/install-envoy.sh` under a lock, so that test binaries run
+/// in parallel (nextest) install it once.
+fn install_envoy() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        b"\nEnvoy not found: installing it with scripts/install-envoy.sh\n",
+    );
+    let status = std::process::Command::new("flock")
+        .arg(std::env::temp_dir().join("arbiter-install-envoy.lock"))
+        .arg("bash")
+        .arg(root.join("scripts/install-envoy.sh"))
+        .stdout(std::process::Stdio::null())
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("scripts/install-envoy.sh failed: {status:?}\n").as_bytes(),
         );
-        eprintln!("SKIPPED: Envoy not found (run scripts/install-envoy.sh, or set ENVOY_BIN)");
     }
-    found
 }
 
 /// What the echo upstream saw of one request.
