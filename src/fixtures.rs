@@ -667,7 +667,13 @@ mod tests {
         let text = "package a.b_test\n\ntest_one if { true }\ntest_two := true\nhelper if true\n  test_indented if {\n    test_local := 1\n    test_local == 1\n  }\n\ttest_tabbed := true # test_in_comment\nnot_a_test if data.x.test_ref\nmsg := \"test_in_string\"\n";
         assert_eq!(
             test_rule_candidates(text),
-            vec!["test_one", "test_two", "test_indented", "test_local", "test_tabbed"]
+            vec![
+                "test_one",
+                "test_two",
+                "test_indented",
+                "test_local",
+                "test_tabbed"
+            ]
         );
         let policies = PolicySet::from_sources(
             &[
@@ -710,7 +716,11 @@ mod tests {
         );
         assert_eq!(results.len(), 1);
         assert!(
-            results[0].failure.as_deref().unwrap_or_default().contains("no test_ rules"),
+            results[0]
+                .failure
+                .as_deref()
+                .unwrap_or_default()
+                .contains("no test_ rules"),
             "{results:?}"
         );
     }

@@ -273,9 +273,26 @@ pub struct Metrics {
     /// gRPC calls answered with an error status instead of a decision, by
     /// status code (0-16): requests too large or not decodable.
     refusals: [AtomicU64; 17],
+    /// Check calls received and not yet answered (waiting for a permit or deciding).
+    in_flight: AtomicU64,
+}
+
+/// One Check call counted in `arbiter_decisions_in_flight` until it is dropped.
+pub struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Metrics {
+    /// Counts a Check call as in flight for as long as the guard lives.
+    pub fn enter(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.in_flight)
+    }
+
     /// Counts a call refused with gRPC status `code` before any decision.
     pub fn record_refusal(&self, code: tonic::Code) {
         if let Some(counter) = self.refusals.get(code as usize) {
@@ -331,6 +348,15 @@ impl Metrics {
             &mut out,
             "arbiter_policy_eval_duration_seconds",
             "Time spent evaluating the decision rule.",
+        );
+        out.push_str(
+            "# HELP arbiter_decisions_in_flight Check calls received and not yet answered.\n",
+        );
+        out.push_str("# TYPE arbiter_decisions_in_flight gauge\n");
+        let _ = writeln!(
+            out,
+            "arbiter_decisions_in_flight {}",
+            self.in_flight.load(Ordering::Relaxed)
         );
         out.push_str(
             "# HELP arbiter_grpc_refusals_total Calls answered with a gRPC error instead of a decision (Envoy denies them), by status code.\n",

@@ -279,7 +279,10 @@ async fn verified_device_posture_bound_to_the_user() {
     let unbound = posture(&s.device_key, json!({"user": null}));
     for headers in [
         vec![("x-device-posture", unbound.as_str())],
-        vec![("authorization", alice.as_str()), ("x-device-posture", unbound.as_str())],
+        vec![
+            ("authorization", alice.as_str()),
+            ("x-device-posture", unbound.as_str()),
+        ],
     ] {
         let device = device_seen(&s, &headers).await;
         assert_eq!(device["verified"], false, "{headers:?}");
@@ -304,11 +307,18 @@ async fn unbound_posture_is_verified_only_when_binding_is_optional() {
     assert_eq!(device.get("error"), None);
     // A token that names a user is still bound to that user.
     let alices = posture(&s.device_key, json!({}));
-    let device = device_seen(&s, &[("authorization", &bob), ("x-device-posture", &alices)]).await;
+    let device = device_seen(
+        &s,
+        &[("authorization", &bob), ("x-device-posture", &alices)],
+    )
+    .await;
     assert_eq!(device["verified"], false);
     assert_eq!(device["error"], "device_user_mismatch");
-    let device =
-        device_seen(&s, &[("authorization", &alice), ("x-device-posture", &alices)]).await;
+    let device = device_seen(
+        &s,
+        &[("authorization", &alice), ("x-device-posture", &alices)],
+    )
+    .await;
     assert_eq!(device["verified"], true);
     s.arbiter.running.shutdown().await;
 }

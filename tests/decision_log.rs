@@ -195,7 +195,7 @@ async fn decisions_to_a_file_allows_sampled_out_fields_masked() {
             "[log]\ndecision_file = \"decisions.log\"\nallow_sample_rate = 0.0\nmask = [\"path\", \"subject\"]\n{PROVIDER}"
         ),
     );
-    send(&server.grpc, &key).await;
+    let (_token, secrets) = send(&server.grpc, &key).await;
     let file = dir.path().join("decisions.log");
     let deadline = Instant::now() + Duration::from_secs(10);
     let lines = loop {
@@ -223,4 +223,17 @@ async fn decisions_to_a_file_allows_sampled_out_fields_masked() {
         decision_lines(&server.lines.lock().unwrap()).is_empty(),
         "decisions also went to stdout"
     );
+    let everything = format!(
+        "{}\n{}",
+        lines.join("\n"),
+        server.lines.lock().unwrap().join("\n")
+    );
+    for secret in &secrets {
+        for probe in probes(secret) {
+            assert!(
+                !everything.contains(probe),
+                "part of a secret was logged: {probe}"
+            );
+        }
+    }
 }

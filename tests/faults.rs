@@ -76,6 +76,18 @@ fn request(token: Option<&str>, slow: bool) -> CheckRequest {
     serde_json::from_str(&http_request("GET", "/orders", &headers, "")).unwrap()
 }
 
+/// Waits until Arbiter has tried the IdP twice more (unknown kids keep
+/// asking), so that every phase of the fault plan meets real requests.
+async fn tried_the_idp_twice(arbiter: &TestArbiter) {
+    let before = metric(&arbiter.metrics().await, "arbiter_jwks_fetches_total").unwrap();
+    wait_for_metric(
+        &arbiter.running.admin_addr.to_string(),
+        "arbiter_jwks_fetches_total",
+        before + 2.0,
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idp_faults_and_slow_policies_under_load_never_allow_wrongly() {
     let key = TestKey::generate("good", Algorithm::ES256).unwrap();
@@ -161,10 +173,10 @@ async fn idp_faults_and_slow_policies_under_load_never_allow_wrongly() {
         Mode::Serve,
     ] {
         idp.set_mode(mode);
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        tried_the_idp_twice(&arbiter).await;
     }
     idp.stop();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tried_the_idp_twice(&arbiter).await;
     stop.store(true, Ordering::Relaxed);
 
     let mut seen = Vec::new();

@@ -386,7 +386,11 @@ async fn concurrent_misses_for_a_new_kid_share_one_fetch() {
     let idp = Idp::start(jwks(&[&old])).await;
     // No interval to hide behind: only coalescing can keep this to one
     // fetch. The deadline is lifted above the IdP's slowness.
-    let toml = format!("[server]\ndecision_timeout = \"10s\"\n{}", provider_toml(&idp, "")).replace(
+    let toml = format!(
+        "[server]\ndecision_timeout = \"10s\"\n{}",
+        provider_toml(&idp, "")
+    )
+    .replace(
         "kid_miss_min_interval = \"60s\"",
         "kid_miss_min_interval = \"1ms\"",
     );
@@ -487,7 +491,10 @@ async fn idp_failures_keep_good_keys_until_the_staleness_bound() {
     let ready_url = format!("http://{}/readyz", arbiter.running.admin_addr);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while reqwest::get(&ready_url).await.unwrap().status() == 200 {
-        assert!(std::time::Instant::now() < deadline, "keys never went stale");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "keys never went stale"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (allowed, status, reason, _) = check(&arbiter, Some(&token)).await;
@@ -515,9 +522,7 @@ async fn a_cached_token_is_still_checked_for_expiry() {
     )
     .await;
     let exp = now() + 2;
-    let token = key
-        .sign(&with(claims(&idp), json!({"exp": exp})))
-        .unwrap();
+    let token = key.sign(&with(claims(&idp), json!({"exp": exp}))).unwrap();
     assert!(check(&arbiter, Some(&token)).await.0);
     assert!(
         check(&arbiter, Some(&token)).await.0,

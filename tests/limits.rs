@@ -81,7 +81,13 @@ async fn past_the_concurrency_limit_requests_wait_then_fail_closed() {
         slow_setup("[server]\nmax_concurrent_decisions = 1\ndecision_timeout = \"400ms\"").await;
     let mut first_client = arbiter.client().await;
     let first = tokio::spawn(async move { first_client.check(slow).await.unwrap().into_inner() });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The slow one holds the only permit once it is in flight.
+    common::wait_for_metric(
+        &arbiter.running.admin_addr.to_string(),
+        "arbiter_decisions_in_flight",
+        1.0,
+    )
+    .await;
     let quick: CheckRequest = serde_json::from_str(&http_request("GET", "/", &[], "")).unwrap();
     // This one's deadline (90 ms of its 100 ms) passes while the slow
     // decision still holds the only permit.

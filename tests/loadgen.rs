@@ -24,7 +24,15 @@ fn load(args: &[&str]) -> serde_json::Value {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
+    if output.stdout.is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "arbiter-load did not print JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,10 +59,6 @@ async fn arbiter_load_drives_a_real_arbiter_and_counts_its_decisions() {
             &target,
             "--request",
             "benches/load/request.json",
-            "--duration",
-            "500ms",
-            "--warmup",
-            "100ms",
             "--connections",
             "1",
             "--concurrency",
@@ -69,7 +73,37 @@ async fn arbiter_load_drives_a_real_arbiter_and_counts_its_decisions() {
     };
     let tokens = format!("{out}/tokens.txt");
 
-    let with_tokens = run(&["--tokens", &tokens]).await.unwrap();
+    // Fresh tokens first, while Arbiter has seen none: each of the 20 is
+    // sent once, then the run stops; not one is found in the token cache.
+    let hits = |text: &str| {
+        metric(text, "arbiter_token_cache_lookups_total{result=\"hit\"}").unwrap_or(0.0)
+    };
+    let hits_before = hits(&arbiter.metrics().await);
+    let fresh = run(&[
+        "--tokens",
+        &tokens,
+        "--token-use",
+        "fresh",
+        "--warmup",
+        "0ms",
+        "--duration",
+        "30s",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(fresh["requests"], 20, "{fresh}");
+    assert_eq!(fresh["allowed"], 20, "{fresh}");
+    assert!(fresh["errors"].as_object().unwrap().is_empty(), "{fresh}");
+    assert_eq!(
+        hits(&arbiter.metrics().await),
+        hits_before,
+        "a token was sent twice"
+    );
+
+    let short = ["--duration", "500ms", "--warmup", "100ms"];
+    let with_tokens = run(&[&short[..], &["--tokens", &tokens]].concat())
+        .await
+        .unwrap();
     assert!(
         with_tokens["requests"].as_u64().unwrap() > 0,
         "{with_tokens}"
@@ -82,17 +116,12 @@ async fn arbiter_load_drives_a_real_arbiter_and_counts_its_decisions() {
     assert!(with_tokens["latency_us"]["p50"].as_u64().unwrap() > 0);
 
     // Without a token the same policy denies, and the report says so.
-    let anonymous = run(&[]).await.unwrap();
+    let anonymous = run(&short).await.unwrap();
     assert_eq!(anonymous["allowed"], 0, "{anonymous}");
     assert_eq!(
         anonymous["denied"]["7"], anonymous["requests"],
         "{anonymous}"
     );
 
-    // Fresh tokens run out after 20 requests: no token is sent twice.
-    let fresh = run(&["--tokens", &tokens, "--token-use", "fresh"])
-        .await
-        .unwrap();
-    assert!(fresh["requests"].as_u64().unwrap() <= 20, "{fresh}");
     arbiter.running.shutdown().await;
 }

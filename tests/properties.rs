@@ -60,12 +60,32 @@ proptest! {
         prop_assert_eq!(parsed, vec![a, b]);
     }
 
-    /// Any string at all parses without panicking, and a malformed escape is kept as written.
+    /// Any string at all splits at its first `?` (before any `#`), and both
+    /// halves parse: segments hold no `/`, and a path without escapes comes
+    /// back as its own text split on `/`; the query keeps no pair with `;`
+    /// and never more values than it has pairs.
     #[test]
     fn any_target_parses(target in ".{0,64}") {
         let (raw_path, raw_query) = split_target(&target);
-        let _ = ParsedPath::parse(raw_path);
-        let _ = ParsedQuery::parse(raw_query);
+        let before_fragment = target.split('#').next().unwrap_or_default();
+        prop_assert!(!raw_path.contains('?') && !raw_path.contains('#'));
+        if raw_query.is_empty() {
+            let with_mark = format!("{}?", raw_path);
+            prop_assert!(before_fragment == raw_path || before_fragment == with_mark);
+        } else {
+            prop_assert_eq!(format!("{raw_path}?{raw_query}"), before_fragment);
+        }
+        let segments = ParsedPath::parse(raw_path).segments;
+        prop_assert!(!segments.is_empty());
+        prop_assert!(segments.iter().all(|s| !s.contains('/')));
+        if !raw_path.contains('%') {
+            let plain: Vec<String> = raw_path.trim_start_matches('/').split('/').map(str::to_owned).collect();
+            prop_assert_eq!(segments, plain);
+        }
+        let params = ParsedQuery::parse(raw_query).params;
+        let values: usize = params.values().map(Vec::len).sum();
+        prop_assert!(values <= raw_query.split('&').count());
+        prop_assert!(params.keys().all(|k| !k.contains('&')));
     }
 
     #[test]
@@ -158,7 +178,17 @@ package envoy.authz
 default allow := false
 allow := {
   "allowed": input.attributes.request.http.headers["x-allow"],
-  "headers": {"x-path": input.attributes.request.http.path},
+  "headers": {"x-path": object.get(input.attributes.request.http, "path", "")},
+  "dynamic_metadata": {"body": input.parsed_body, "source": input.source},
+}
+"#;
+
+const ALLOW_ALL: &str = r#"
+package envoy.authz
+default allow := false
+allow := {
+  "allowed": input.attributes.request.http.headers["x-allow"] == "true",
+  "headers": {"x-path": object.get(input.attributes.request.http, "path", "")},
   "dynamic_metadata": {"body": input.parsed_body, "source": input.source},
 }
 "#;
@@ -238,12 +268,25 @@ fn no_input_makes_the_decision_path_panic_or_allow_a_deny() {
         PolicySet::from_sources(&[("deny.rego", DENY_ALL)], None, &config.policy).unwrap();
     let shared = runtime
         .block_on(async { Arc::new(Shared::new(&config, policies, &reqwest::Client::new())) });
+    // The control: the same requests through a policy that reads the same
+    // header as a boolean are all allowed, so the denies above come from
+    // the policy's ill-typed answer, not from a path that denies anything.
+    let control =
+        PolicySet::from_sources(&[("allow.rego", ALLOW_ALL)], None, &config.policy).unwrap();
+    let control = runtime
+        .block_on(async { Arc::new(Shared::new(&config, control, &reqwest::Client::new())) });
     let mut runner = proptest::test_runner::TestRunner::new(cases(512));
     runner
         .run(&check_request(), |request| {
-            let response = runtime.block_on(shared.check(request));
+            let response = runtime.block_on(shared.check(request.clone()));
+            let status = response
+                .status
+                .as_ref()
+                .map(|s| (s.code, s.message.as_str()));
+            prop_assert_eq!(status, Some((7, "invalid_result")), "{:?}", response);
+            let response = runtime.block_on(control.check(request));
             let status = response.status.as_ref().map(|s| s.code);
-            prop_assert_ne!(status, Some(0), "allowed: {:?}", response);
+            prop_assert_eq!(status, Some(0), "{:?}", response);
             Ok(())
         })
         .unwrap();

@@ -157,6 +157,7 @@ async fn a_broken_reload_keeps_the_old_set_and_says_why() {
 async fn jwks_files_are_reloaded_and_garbage_is_refused() {
     use arbiter::identity::test_keys::{TestKey, jwks};
     use jsonwebtoken::Algorithm;
+    // The IdP reuses the kid for its new key: only the key itself tells them apart.
     let old = TestKey::generate("k", Algorithm::ES256).unwrap();
     let new = TestKey::generate("k", Algorithm::ES256).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -164,6 +165,71 @@ async fn jwks_files_are_reloaded_and_garbage_is_refused() {
     std::fs::write(&keys, jwks(&[&old]).to_string()).unwrap();
     let toml = format!(
         "[policy]\nreload_interval = \"20ms\"\n[[identity.jwt]]\nname = \"idp\"\nissuer = \"https://idp.test\"\naudiences = [\"api\"]\njwks_file = \"{}\"\nkid_miss_min_interval = \"1h\"\n",
+        keys.display()
+    );
+    let policy = "package envoy.authz\nallow := input.identity != null\n";
+    let arbiter = TestArbiter::start(&[("p.rego", policy)], &toml).await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = |key: &TestKey, n: u32| {
+        let t = key
+            .sign(&serde_json::json!({"iss": "https://idp.test", "aud": "api", "sub": "a", "exp": exp, "n": n}))
+            .unwrap();
+        http_request("GET", "/", &[("authorization", &format!("Bearer {t}"))], "")
+    };
+    let cached = token(&old, 0);
+    assert!(is_allowed(&arbiter.check_json(&cached).await));
+    assert!(!is_allowed(&arbiter.check_json(&token(&new, 0)).await));
+
+    // A broken file is read, refused and counted; the old keys keep serving.
+    replace(&keys, "{\"keys\": \"garbage\"}");
+    let admin = arbiter.running.admin_addr.to_string();
+    wait_for_metric(&admin, "arbiter_jwks_fetch_failures_total", 1.0).await;
+    assert!(
+        is_allowed(&arbiter.check_json(&token(&old, 1)).await),
+        "garbage replaced good keys"
+    );
+    assert!(is_allowed(&arbiter.check_json(&cached).await));
+
+    replace(&keys, &jwks(&[&new]).to_string());
+    let mut n = 2;
+    let arbiter_ref = &arbiter;
+    eventually("the new key", || {
+        n += 1;
+        let request = token(&new, n);
+        async move { is_allowed(&arbiter_ref.check_json(&request).await) }
+    })
+    .await;
+    assert!(
+        !is_allowed(&arbiter.check_json(&token(&old, 999)).await),
+        "the withdrawn key still verifies"
+    );
+    let response = arbiter.check_json(&cached).await;
+    assert!(
+        !is_allowed(&response),
+        "a cached token still passes on a kid that now names another key"
+    );
+    assert_eq!(
+        header_values(&denied_response(&response).headers, "x-arbiter-reason"),
+        vec!["token_signature_invalid"]
+    );
+    arbiter.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_cached_token_without_kid_stops_passing_when_its_key_is_withdrawn() {
+    use arbiter::identity::test_keys::{TestKey, jwks};
+    use jsonwebtoken::Algorithm;
+    let old = TestKey::generate("k", Algorithm::ES256).unwrap();
+    let new = TestKey::generate("k", Algorithm::ES256).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("jwks.json");
+    std::fs::write(&keys, jwks(&[&old]).to_string()).unwrap();
+    let toml = format!(
+        "[policy]\nreload_interval = \"20ms\"\n[[identity.jwt]]\nname = \"idp\"\nissuer = \"https://idp.test\"\naudiences = [\"api\"]\njwks_file = \"{}\"\n",
         keys.display()
     );
     let policy = "package envoy.authz\nallow := input.identity != null\n";

@@ -61,16 +61,13 @@ async fn sigterm_drains_requests_in_flight_then_exits() {
         let request = request.clone();
         in_flight.push(tokio::spawn(async move { client.check(request).await }));
     }
-    // Wait until the key fetch they share has started: they are all inside Arbiter.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while idp.fetches() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the requests never reached Arbiter"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // All six are inside Arbiter, sharing one slow key fetch.
+    common::wait_for_metric(&server.admin, "arbiter_decisions_in_flight", 6.0).await;
+    assert_eq!(
+        idp.fetches(),
+        2,
+        "the start-up fetch and the one they share"
+    );
     server.signal("TERM");
 
     for task in in_flight {

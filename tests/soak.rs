@@ -232,7 +232,10 @@ async fn soak() {
                     let version = serde_json::from_str::<serde_json::Value>(body)
                         .ok()
                         .and_then(|echo| {
-                            echo["headers"]["x-policy-version"][0].as_str()?.parse().ok()
+                            echo["headers"]["x-policy-version"][0]
+                                .as_str()?
+                                .parse()
+                                .ok()
                         });
                     match version {
                         Some(v) => {
@@ -379,7 +382,10 @@ async fn soak() {
         .map(|(v, _)| *v)
         .collect();
     let missed: Vec<u64> = due.iter().copied().filter(|v| !seen.contains(v)).collect();
-    assert!(missed.is_empty(), "policy versions never seen deciding: {missed:?} (seen {seen:?})");
+    assert!(
+        missed.is_empty(),
+        "policy versions never seen deciding: {missed:?} (seen {seen:?})"
+    );
     assert!(
         policy_reloads >= (due.len() - 1) as f64,
         "{policy_reloads} reloads counted for {} rewrites",

@@ -40,19 +40,35 @@ static SETUP: LazyLock<Setup> = LazyLock::new(|| {
     let http = reqwest::Client::new();
     let authenticator = runtime.block_on(async {
         let a = Authenticator::start(&config.identity, &config.device, &http);
-        a.wait_ready(std::time::Duration::from_secs(5)).await;
+        assert!(
+            a.wait_ready(std::time::Duration::from_secs(5)).await,
+            "the fuzz key did not load: every token would be refused unread"
+        );
         a
     });
-    Setup {
+    let setup = Setup {
         runtime,
         authenticator,
         options: arbiter::context::ParseOptions::from_config(&config),
-    }
+    };
+    // A positive control: a token the key did sign verifies, so the refusals
+    // below come from verification, not from a setup that refuses everything.
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    let signed = key
+        .sign(&serde_json::json!({"iss": "https://idp.fuzz", "aud": "api", "exp": exp}))
+        .expect("sign");
+    assert!(
+        matches!(authenticate(&setup, &signed), Authentication::Verified(_)),
+        "the fuzz key's own token does not verify"
+    );
+    setup
 });
 
-fuzz_target!(|data: &[u8]| {
-    let setup = &*SETUP;
-    let token = String::from_utf8_lossy(data);
+fn authenticate(setup: &Setup, token: &str) -> Authentication {
     let http = HttpRequest {
         method: "GET".into(),
         path: "/".into(),
@@ -63,11 +79,16 @@ fuzz_target!(|data: &[u8]| {
     };
     let request = common::check_request(http);
     let ctx = RequestContext::from_check(request, &setup.options);
-    let authentication = setup
+    setup
         .runtime
-        .block_on(setup.authenticator.authenticate(&ctx));
+        .block_on(setup.authenticator.authenticate(&ctx))
+}
+
+fuzz_target!(|data: &[u8]| {
+    let setup = &*SETUP;
+    let token = String::from_utf8_lossy(data);
     assert!(
-        !matches!(authentication, Authentication::Verified(_)),
+        !matches!(authenticate(setup, &token), Authentication::Verified(_)),
         "a token the key never signed was accepted"
     );
 });

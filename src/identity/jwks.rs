@@ -82,9 +82,25 @@ impl KeyKind {
     }
 }
 
+/// SHA-256 of a key's public parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyFingerprint([u8; 32]);
+
+impl KeyFingerprint {
+    fn of(parameters: &AlgorithmParameters) -> Result<Self, String> {
+        use sha2::Digest;
+        let canonical =
+            serde_json::to_vec(parameters).map_err(|e| format!("unreadable key: {e}"))?;
+        Ok(Self(sha2::Sha256::digest(canonical).into()))
+    }
+}
+
 /// One usable verification key.
 pub struct VerificationKey {
     pub kid: Option<String>,
+    /// A hash of the key material: a kid the IdP reuses for another key is
+    /// another key.
+    pub fingerprint: KeyFingerprint,
     /// The key's own `alg`, when the JWKS names one: the token's must match.
     pub alg: Option<Algorithm>,
     pub kind: KeyKind,
@@ -124,13 +140,20 @@ impl KeySet {
         self.keys.iter().find(|k| k.kid.as_deref() == Some(kid))
     }
 
-    /// Whether a token verified earlier (with `kid`, against the set of
-    /// `generation`) is still vouched for by this set. A token without a kid
-    /// cannot name its key, so it counts only against the very set that
-    /// verified it; after any refresh it is verified again.
-    pub fn still_vouches_for(&self, kid: Option<&str>, generation: u64) -> bool {
+    /// Whether a token verified earlier (by the key `fingerprint` named
+    /// `kid`, in the set of `generation`) is still vouched for by this set:
+    /// the same key must still be published under that kid, so a withdrawn
+    /// key, or a kid the IdP reused for a new key, vouches for nothing. A
+    /// token without a kid cannot name its key, so it counts only against
+    /// the very set that verified it; after any refresh it is verified again.
+    pub fn still_vouches_for(
+        &self,
+        kid: Option<&str>,
+        fingerprint: KeyFingerprint,
+        generation: u64,
+    ) -> bool {
         match kid {
-            Some(kid) => self.find(kid).is_some(),
+            Some(kid) => self.find(kid).is_some_and(|k| k.fingerprint == fingerprint),
             None => self.generation == generation,
         }
     }
@@ -229,8 +252,10 @@ fn usable_key(entry: &serde_json::Value) -> Result<VerificationKey, String> {
         None => None,
     };
     let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("{label}: {e}"))?;
+    let fingerprint = KeyFingerprint::of(&jwk.algorithm).map_err(|e| format!("{label}: {e}"))?;
     Ok(VerificationKey {
         kid,
+        fingerprint,
         alg,
         kind,
         key,

@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{
-    DeviceConfig, IdentityConfig, JwtProviderConfig, OnInvalidToken, PostureBinding,
-    TokenLocation,
+    DeviceConfig, IdentityConfig, JwtProviderConfig, OnInvalidToken, PostureBinding, TokenLocation,
 };
 use crate::context::RequestContext;
 
@@ -318,9 +317,7 @@ impl Authenticator {
         let binding = match (token.claim(&device.subject_claim), device.binding) {
             (regorus::Value::Undefined, PostureBinding::Required) => UserBinding::NotBound,
             (regorus::Value::Undefined, PostureBinding::Optional) => UserBinding::Unbound,
-            (regorus::Value::String(owner), _)
-                if matches!(user, Authentication::Verified(user) if user.subject.as_deref() == Some(&**owner)) =>
-            {
+            (regorus::Value::String(owner), _) if matches!(user, Authentication::Verified(user) if user.subject.as_deref() == Some(&**owner)) => {
                 UserBinding::Bound
             }
             _ => UserBinding::OtherUser,
@@ -356,7 +353,13 @@ impl Authenticator {
             // current keys: a key the IdP withdrew no longer vouches for it.
             let still_keyed = provider
                 .and_then(|p| p.keys.keys().ok())
-                .is_some_and(|set| set.still_vouches_for(hit.kid.as_deref(), hit.key_generation));
+                .is_some_and(|set| {
+                    set.still_vouches_for(
+                        hit.kid.as_deref(),
+                        hit.key_fingerprint,
+                        hit.key_generation,
+                    )
+                });
             if let Some(provider) = provider
                 && still_keyed
             {

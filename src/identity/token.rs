@@ -86,6 +86,8 @@ pub struct VerifiedToken {
     pub(super) kid: Option<String>,
     /// The generation of the key set that verified it.
     pub(super) key_generation: u64,
+    /// The key that verified it.
+    pub(super) key_fingerprint: super::jwks::KeyFingerprint,
     /// `input.identity`, built once at verification so a cached token costs no conversion.
     document: regorus::Value,
 }
@@ -311,6 +313,7 @@ pub fn verify_with_keys(
         not_before,
         kid: unverified.kid.clone(),
         key_generation: keys.generation,
+        key_fingerprint: key.fingerprint,
         document: regorus::Value::Null,
     };
     verified.build_document(claims);

@@ -269,6 +269,7 @@ impl Authorization for CheckService {
             });
         let request = request.into_inner();
         let shared = &self.shared;
+        let _in_flight = shared.metrics.enter();
         let admitted = std::sync::atomic::AtomicBool::new(false);
         let work = async {
             // Waiting here is the back-pressure; the deadline bounds it.
