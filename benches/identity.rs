@@ -126,7 +126,17 @@ fn decisions(c: &mut Criterion) {
                 .iter(|| cached.shared.check(cached.requests[0].clone()));
         });
         // A one-entry cache and 2000 tokens in turn: every token is verified.
+        // Each is checked once first: the bench must time verifications that
+        // succeed, not a quick path that refuses them.
         let fresh = setup(&runtime, alg, 1);
+        for request in &fresh.requests {
+            let response = runtime.block_on(fresh.shared.check(request.clone()));
+            assert_eq!(
+                response.status.unwrap().code,
+                0,
+                "every new-token bench request must verify and be allowed"
+            );
+        }
         let next = AtomicUsize::new(0);
         group.bench_function(format!("{name}_new_token"), |b| {
             b.to_async(&runtime).iter(|| {
@@ -146,6 +156,12 @@ fn decisions(c: &mut Criterion) {
     {
         http.headers.remove("authorization");
     }
+    let response = runtime.block_on(anonymous.shared.check(no_token.clone()));
+    assert_eq!(
+        response.status.map(|s| (s.code, s.message)),
+        Some((7, "denied".to_owned())),
+        "the anonymous bench request must reach the policy and be denied by it"
+    );
     group.bench_function("no_token_denied", |b| {
         b.to_async(&runtime)
             .iter(|| anonymous.shared.check(no_token.clone()));

@@ -149,6 +149,15 @@ fn stages(c: &mut Criterion) {
         .iter()
         .map(|t| RequestContext::from_check(request(t), &options))
         .collect();
+    for ctx in &contexts {
+        assert!(
+            matches!(
+                runtime.block_on(fresh_auth.authenticate(ctx)),
+                arbiter::identity::Authentication::Verified(_)
+            ),
+            "every new-token bench request must verify"
+        );
+    }
     let next = AtomicUsize::new(0);
     group.bench_function("verify_token_rs256_new", |b| {
         b.iter(|| {

@@ -10,6 +10,20 @@ import sys
 runs = sorted((json.loads(line) for line in sys.stdin if line.strip()), key=lambda r: r["rate"])
 if not runs:
     sys.exit("no runs")
+# A run whose requests were denied or failed measured something else than
+# the decision it names (a wrong key, a dead Arbiter): no figure from it.
+bad = [
+    r for r in runs
+    if r["requests"] == 0 or r["allowed"] != r["requests"] or sum(r["denied"].values()) or sum(r["errors"].values())
+]
+if bad:
+    for r in bad:
+        print(
+            f"run at {r['rate']:.0f}/s: {r['requests']} requests, {r['allowed']} allowed, "
+            f"denied {r['denied']}, errors {r['errors']}",
+            file=sys.stderr,
+        )
+    sys.exit("not every request was allowed: these runs measure no decision")
 median = runs[len(runs) // 2]
 if sys.argv[1:] == ["--half"]:
     print(int(median["rate"] / 2))
