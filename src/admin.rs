@@ -53,9 +53,13 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             )
         })
         .collect();
+    let policies = shared.policies.load();
+    let engine = policies.engine_status();
     let body = serde_json::json!({
         "ready": ready,
-        "policy_revision": shared.policies.load().revision().to_string(),
+        "policy_revision": policies.revision().to_string(),
+        "engine": engine.engine,
+        "fallback_reason": engine.fallback_reason,
         "identity_providers": providers,
         "last_reload_error": shared.reload_status.last_error.load().as_deref().cloned(),
         "last_tls_reload_error": shared.tls_reload_status.last_error.load().as_deref().cloned(),
@@ -81,8 +85,10 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let revision = shared.policies.load().revision().to_string();
+    let policies = shared.policies.load();
+    let revision = policies.revision().to_string();
     let mut text = shared.metrics.render(&revision, shared.is_ready());
+    crate::telemetry::render_engine(&mut text, &policies.engine_status());
     crate::telemetry::render_identity(&mut text, &shared.authenticator);
     crate::telemetry::render_reloads(&mut text, "policy", &shared.reload_status);
     crate::telemetry::render_reloads(&mut text, "tls", &shared.tls_reload_status);

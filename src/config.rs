@@ -209,6 +209,21 @@ pub enum RegoVersion {
     V0,
 }
 
+/// Which engine evaluates the decision rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineChoice {
+    /// regorus's bytecode VM where it can compile the decision, the
+    /// interpreter where it cannot (the reason is logged and in `/readyz`).
+    #[default]
+    Auto,
+    /// The bytecode VM, or the load fails: for policy authors who want to
+    /// know that their policies compile for it.
+    Rvm,
+    /// Always the interpreter.
+    Interpreter,
+}
+
 /// Where policies come from and how they are evaluated.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -227,6 +242,8 @@ pub struct PolicyConfig {
     pub strict_builtin_errors: bool,
     /// Leave `parsed_body` null, as OPA's `skip-request-body-parse`.
     pub skip_request_body_parse: bool,
+    /// Which engine evaluates the decision rule.
+    pub engine: EngineChoice,
     /// How often policy, data and JWKS files are checked for changes;
     /// `"0s"` to reload on SIGHUP only.
     #[serde(with = "humantime_serde")]
@@ -354,6 +371,7 @@ impl Default for PolicyConfig {
             eval_timeout: Duration::from_millis(50),
             strict_builtin_errors: false,
             skip_request_body_parse: false,
+            engine: EngineChoice::Auto,
             reload_interval: Duration::from_secs(1),
             bundle: None,
         }

@@ -179,52 +179,104 @@ fn indent(text: &str) -> String {
         .join("\n")
 }
 
+/// The fixture suite under the configured paths, ready to run: policies
+/// loaded with the fixture keys in place, the keys to sign with, the files.
+struct Suite {
+    shared: Arc<Shared>,
+    user_key: TestKey,
+    device_key: TestKey,
+    files: FoundFiles,
+    /// Holds the fixture JWKS files for as long as the suite runs.
+    _keys_dir: tempfile::TempDir,
+}
+
+impl Suite {
+    async fn prepare(config: &Config) -> Result<Self, FixtureError> {
+        let files = find_files(&config.policy.paths)?;
+        let keys_dir = tempfile::tempdir().map_err(|e| FixtureError::Setup(e.to_string()))?;
+        let user_key = TestKey::generate("fixture-user", jsonwebtoken::Algorithm::ES256)
+            .map_err(|e| FixtureError::Setup(e.to_string()))?;
+        let device_key = TestKey::generate("fixture-device", jsonwebtoken::Algorithm::ES256)
+            .map_err(|e| FixtureError::Setup(e.to_string()))?;
+        let config = fixture_config(config, keys_dir.path(), &user_key, &device_key)?;
+        let policies = PolicySet::load(&config.policy)?;
+        let shared = Arc::new(Shared::new(&config, policies, &reqwest::Client::new()));
+        if !shared
+            .authenticator
+            .wait_ready(Duration::from_secs(5))
+            .await
+        {
+            return Err(FixtureError::Setup("fixture keys did not load".into()));
+        }
+        Ok(Self {
+            shared,
+            user_key,
+            device_key,
+            files,
+            _keys_dir: keys_dir,
+        })
+    }
+
+    /// Every case of every fixture file, with the file's name.
+    fn cases(&self) -> Result<Vec<(String, Case)>, FixtureError> {
+        let mut cases = Vec::new();
+        for path in &self.files.fixtures {
+            let text = std::fs::read_to_string(path).map_err(|e| FixtureError::Read {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            let file: FixtureFile = parse_fixture_file(path, &text)?;
+            let label = path.display().to_string();
+            cases.extend(
+                file.cases
+                    .into_iter()
+                    .map(|case| (format!("{label}: {}", case.name), case)),
+            );
+        }
+        Ok(cases)
+    }
+}
+
 /// Runs every fixture file and Rego unit test under the configured policy
 /// paths. Must run inside a Tokio runtime.
 ///
 /// # Errors
 /// The policies do not load, or a fixture file cannot be read or parsed.
 pub async fn run(config: &Config) -> Result<Report, FixtureError> {
-    let files = find_files(&config.policy.paths)?;
-    let keys_dir = tempfile::tempdir().map_err(|e| FixtureError::Setup(e.to_string()))?;
-    let user_key = TestKey::generate("fixture-user", jsonwebtoken::Algorithm::ES256)
-        .map_err(|e| FixtureError::Setup(e.to_string()))?;
-    let device_key = TestKey::generate("fixture-device", jsonwebtoken::Algorithm::ES256)
-        .map_err(|e| FixtureError::Setup(e.to_string()))?;
-    let config = fixture_config(config, keys_dir.path(), &user_key, &device_key)?;
-    let policies = PolicySet::load(&config.policy)?;
-    let rego_tests = run_rego_tests(&policies, &files.rego_tests);
-    let shared = Arc::new(Shared::new(&config, policies, &reqwest::Client::new()));
-    if !shared
-        .authenticator
-        .wait_ready(Duration::from_secs(5))
-        .await
-    {
-        return Err(FixtureError::Setup("fixture keys did not load".into()));
-    }
+    let suite = Suite::prepare(config).await?;
+    let rego_tests = run_rego_tests(&suite.shared.policies.load(), &suite.files.rego_tests);
     let mut fixtures = Vec::new();
-    for path in &files.fixtures {
-        let text = std::fs::read_to_string(path).map_err(|e| FixtureError::Read {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        let file: FixtureFile = parse_fixture_file(path, &text)?;
-        let label = path.display().to_string();
-        for case in &file.cases {
-            let failure = match run_case(&shared, case, &user_key, &device_key).await {
-                Ok(failure) => failure,
-                Err(message) => Some(format!("cannot build the request: {message}")),
-            };
-            fixtures.push(CaseResult {
-                name: format!("{label}: {}", case.name),
-                failure,
-            });
-        }
+    for (name, case) in suite.cases()? {
+        let failure = match run_case(&suite.shared, &case, &suite.user_key, &suite.device_key).await
+        {
+            Ok(failure) => failure,
+            Err(message) => Some(format!("cannot build the request: {message}")),
+        };
+        fixtures.push(CaseResult { name, failure });
     }
     Ok(Report {
         fixtures,
         rego_tests,
     })
+}
+
+/// The input document of every fixture case whose request reaches the
+/// policy (tokens signed and verified, as `arbiter test` runs them): what
+/// the engines are compared on.
+///
+/// # Errors
+/// As [`run`], or a case's request cannot be built.
+pub async fn inputs(config: &Config) -> Result<Vec<(String, regorus::Value)>, FixtureError> {
+    let suite = Suite::prepare(config).await?;
+    let mut inputs = Vec::new();
+    for (name, case) in suite.cases()? {
+        let request = build_request(&case, &suite.user_key, &suite.device_key)
+            .map_err(|message| FixtureError::Setup(format!("{name}: {message}")))?;
+        if let Some(input) = suite.shared.decide(request, true).await.input {
+            inputs.push((name, input));
+        }
+    }
+    Ok(inputs)
 }
 
 fn parse_fixture_file(path: &Path, text: &str) -> Result<FixtureFile, FixtureError> {

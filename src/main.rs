@@ -144,11 +144,16 @@ fn check(config: Option<&Path>, paths: Vec<PathBuf>) -> anyhow::Result<ExitCode>
     for warning in arbiter::policy::lint(&config.policy)? {
         eprintln!("warning: {warning}");
     }
+    let engine = policies.engine_status();
+    if let Some(reason) = &engine.fallback_reason {
+        eprintln!("note: the decision runs on the interpreter: {reason}");
+    }
     println!(
-        "ok: {} files, revision {}, decision {}",
+        "ok: {} files, revision {}, decision {}, engine {}",
         policies.files().len(),
         policies.revision(),
-        config.policy.decision
+        config.policy.decision,
+        engine.engine
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -275,6 +275,10 @@ pub struct Metrics {
     refusals: [AtomicU64; 17],
     /// Check calls received and not yet answered (waiting for a permit or deciding).
     in_flight: AtomicU64,
+    /// Decisions the bytecode VM failed and the interpreter made.
+    rvm_fallbacks: AtomicU64,
+    /// Checked decisions where the VM and the interpreter disagreed.
+    rvm_mismatches: AtomicU64,
 }
 
 /// One Check call counted in `arbiter_decisions_in_flight` until it is dropped.
@@ -287,6 +291,20 @@ impl Drop for InFlight<'_> {
 }
 
 impl Metrics {
+    /// Counts what the policy engine did out of the ordinary for one decision.
+    pub fn record_engine(&self, engine: crate::policy::EngineUsed) {
+        use crate::policy::EngineUsed;
+        match engine {
+            EngineUsed::Rvm | EngineUsed::Interpreter => {}
+            EngineUsed::RvmFallback => {
+                self.rvm_fallbacks.fetch_add(1, Ordering::Relaxed);
+            }
+            EngineUsed::RvmMismatch => {
+                self.rvm_mismatches.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Counts a Check call as in flight for as long as the guard lives.
     pub fn enter(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -349,6 +367,17 @@ impl Metrics {
             "arbiter_policy_eval_duration_seconds",
             "Time spent evaluating the decision rule.",
         );
+        let _ = writeln!(
+            out,
+            "# HELP arbiter_rvm_fallbacks_total Decisions the bytecode VM failed, made by the interpreter instead.\n\
+             # TYPE arbiter_rvm_fallbacks_total counter\n\
+             arbiter_rvm_fallbacks_total {}\n\
+             # HELP arbiter_rvm_mismatches_total Checked decisions where the bytecode VM and the interpreter disagreed (the set then runs on the interpreter).\n\
+             # TYPE arbiter_rvm_mismatches_total counter\n\
+             arbiter_rvm_mismatches_total {}",
+            self.rvm_fallbacks.load(Ordering::Relaxed),
+            self.rvm_mismatches.load(Ordering::Relaxed)
+        );
         out.push_str(
             "# HELP arbiter_decisions_in_flight Check calls received and not yet answered.\n",
         );
@@ -384,6 +413,17 @@ impl Metrics {
         let _ = writeln!(out, "arbiter_ready {}", u8::from(ready));
         out
     }
+}
+
+/// The engine the current policy set runs on.
+pub fn render_engine(out: &mut String, status: &crate::policy::EngineStatus) {
+    let _ = writeln!(
+        out,
+        "# HELP arbiter_policy_engine The engine that evaluates the current policy set's decision.\n\
+         # TYPE arbiter_policy_engine gauge\n\
+         arbiter_policy_engine{{engine=\"{}\"}} 1",
+        status.engine
+    );
 }
 
 /// JWKS fetches, failures and key age per provider, and the token cache size.

@@ -38,74 +38,11 @@ fn documented_request(method: &str, path: &str, authorization: &str) -> String {
 const ALICE: &str = "Basic YWxpY2U6cGFzc3dvcmQ="; // alice:password
 const BOB: &str = "Basic Ym9iOnBhc3N3b3Jk"; // bob:password
 
-const V0_BASIC_AUTH: &str = r#"
-package envoy.authz
+const V0_BASIC_AUTH: &str = include_str!("opa/v0_basic_auth.rego");
 
-import input.attributes.request.http as http_request
+const V1_BASIC_AUTH: &str = include_str!("opa/v1_basic_auth.rego");
 
-default allow = false
-
-allow {
-    required_roles[r]
-}
-
-required_roles[r] {
-    perm := role_perms[user_roles[user_name][_]][_]
-    perm.method == http_request.method
-    perm.path == http_request.path
-    r := perm
-}
-
-user_name = parsed {
-    [_, encoded] := split(http_request.headers.authorization, " ")
-    [parsed, _] := split(base64url.decode(encoded), ":")
-}
-
-user_roles = {
-    "alice": ["guest"],
-    "bob": ["admin"]
-}
-
-role_perms = {
-    "guest": [
-        {"method": "GET",  "path": "/productpage"},
-    ],
-    "admin": [
-        {"method": "GET",  "path": "/productpage"},
-        {"method": "GET",  "path": "/api/v1/products"},
-    ],
-}
-"#;
-
-const V1_BASIC_AUTH: &str = r#"
-package envoy.authz
-
-import input.attributes.request.http as http_request
-
-default allow := false
-
-allow if {
-    some perm in role_perms[user_roles[user_name][_]]
-    perm.method == http_request.method
-    perm.path == http_request.path
-}
-
-user_name := parsed if {
-    [_, encoded] := split(http_request.headers.authorization, " ")
-    [parsed, _] := split(base64url.decode(encoded), ":")
-}
-
-user_roles := data.user_roles
-role_perms := data.role_perms
-"#;
-
-const ROLES_DATA: &str = r#"{
-  "user_roles": {"alice": ["guest"], "bob": ["admin"]},
-  "role_perms": {
-    "guest": [{"method": "GET", "path": "/productpage"}],
-    "admin": [{"method": "GET", "path": "/productpage"}, {"method": "GET", "path": "/api/v1/products"}]
-  }
-}"#;
+const ROLES_DATA: &str = include_str!("opa/roles.json");
 
 /// (method, path, authorization, allowed) for both Basic-auth policies.
 const BASIC_AUTH_CASES: [(&str, &str, &str, bool); 5] = [
@@ -174,51 +111,7 @@ async fn v0_policy_is_rejected_without_the_v0_setting() {
 
 /// The plugin's documented object result: headers, removal, status and body,
 /// read from a decision path other than the default.
-const V1_OBJECT_RESULT: &str = r#"
-package envoy.authz
-
-import input.attributes.request.http as http_request
-
-default allow := false
-
-allow if {
-    http_request.method == "GET"
-    input.parsed_path[0] == "health"
-}
-
-allow if {
-    http_request.method == "GET"
-    input.parsed_path == ["api", "v1", "products"]
-    input.parsed_query.lang == ["en"]
-}
-
-headers["x-ext-auth-allow"] := "yes"
-headers["x-validated-by"] := "security-checkpoint"
-
-request_headers_to_remove := ["one-auth-header", "another-auth-header"]
-
-response_headers_to_add["x-foo"] := "bar"
-
-default status_code := 403
-
-status_code := 200 if allow
-
-status_code := 401 if {
-    not allow
-    not http_request.headers.authorization
-}
-
-body := "Authentication Failed" if status_code == 401
-
-body := "Unauthorized Request" if status_code == 403
-
-result["allowed"] := allow
-result["headers"] := headers
-result["response_headers_to_add"] := response_headers_to_add
-result["request_headers_to_remove"] := request_headers_to_remove
-result["body"] := body if not allow
-result["http_status"] := status_code
-"#;
+const V1_OBJECT_RESULT: &str = include_str!("opa/v1_object_result.rego");
 
 #[tokio::test]
 async fn object_result_at_a_custom_decision_path() {
@@ -407,49 +300,7 @@ allow := {"allowed": true, "dynamic_metadata": {"input": input}}
 
 /// The OPA Envoy tutorial's policy: HS256 tokens verified in Rego with
 /// `io.jwt.decode_verify`, roles from claims, the body checked on POST.
-const V0_JWT_TUTORIAL: &str = r#"
-package envoy.authz
-
-import input.attributes.request.http as http_request
-
-default allow = false
-
-token = {"valid": valid, "payload": payload} {
-    [_, encoded] := split(http_request.headers.authorization, " ")
-    [valid, _, payload] := io.jwt.decode_verify(encoded, {"secret": "secret"})
-}
-
-allow {
-    is_token_valid
-    action_allowed
-}
-
-is_token_valid {
-    token.valid
-    now := time.now_ns() / 1000000000
-    token.payload.nbf <= now
-    now < token.payload.exp
-}
-
-action_allowed {
-    http_request.method == "GET"
-    token.payload.role == "guest"
-    glob.match("/people*", ["/"], http_request.path)
-}
-
-action_allowed {
-    http_request.method == "GET"
-    token.payload.role == "admin"
-    glob.match("/people*", ["/"], http_request.path)
-}
-
-action_allowed {
-    http_request.method == "POST"
-    token.payload.role == "admin"
-    glob.match("/people", ["/"], http_request.path)
-    lower(input.parsed_body.firstname) != base64url.decode(token.payload.sub)
-}
-"#;
+const V0_JWT_TUTORIAL: &str = include_str!("opa/v0_jwt_tutorial.rego");
 
 fn hs256(secret: &str, role: &str, sub: &str, exp_offset: i64) -> String {
     let now = std::time::SystemTime::now()

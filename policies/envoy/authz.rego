@@ -6,15 +6,16 @@
 # The patterns live in policies/lib/; their settings in policies/data.json.
 package envoy.authz
 
-import data.lib.device
-import data.lib.hygiene
-import data.lib.jit
-import data.lib.network
-import data.lib.permissions
-import data.lib.public
-import data.lib.services
-import data.lib.stepup
-import data.lib.tenancy
+import data.lib.device.denials as device_denials
+import data.lib.hygiene.denials as hygiene_denials
+import data.lib.jit.grants as jit_grants
+import data.lib.network.denials as network_denials
+import data.lib.permissions.grants as permission_grants
+import data.lib.public.grants as public_grants
+import data.lib.services.grants as service_grants
+import data.lib.stepup.denials as stepup_denials
+import data.lib.tenancy.denials as tenancy_denials
+import data.lib.tenancy.grants as tenancy_grants
 
 default allow := {"allowed": false, "http_status": 403, "reason": "no_matching_rule"}
 
@@ -30,15 +31,17 @@ allow := {
 	"headers": deny_headers,
 } if count(denials) > 0
 
-grants := (((public.grants | services.grants) | permissions.grants) | tenancy.grants) | jit.grants
+grants := (((public_grants | service_grants) | permission_grants) | tenancy_grants) | jit_grants
 
-denials := (((hygiene.denials | network.denials) | device.denials) | stepup.denials) | tenancy.denials
+denials := (((hygiene_denials | network_denials) | device_denials) | stepup_denials) | tenancy_denials
 
 first_denial := sort(denials)[0]
 
-allow_headers["x-arbiter-rule"] := sort(grants)[0]
+allow_headers := object.union({"x-arbiter-rule": sort(grants)[0]}, user_header)
 
-allow_headers["x-user"] := input.identity.subject if input.identity.subject
+default user_header := {}
+
+user_header := {"x-user": input.identity.subject} if input.identity.subject
 
 # Step-up failures ask the client to authenticate again (RFC 9470).
 step_up := {"mfa_required", "reauthentication_required"}

@@ -4,11 +4,11 @@
 # the client is never enough.
 package lib.device
 
-import data.lib.util
+import data.lib.util.request_path
 
 sensitive if {
 	some pattern in data.config.sensitive_paths
-	glob.match(pattern, ["/"], util.path)
+	glob.match(pattern, ["/"], request_path)
 }
 
 denials contains "device_not_verified" if {

@@ -3,12 +3,13 @@
 # grant grants nothing; no one has to remember to revoke it.
 package lib.jit
 
-import data.lib.util
+import data.lib.util.request_method
+import data.lib.util.request_path
 
 grants contains "jit_grant" if {
 	some grant in data.config.jit_grants
 	grant.subject == input.identity.subject
-	util.method in grant.methods
-	glob.match(grant.path, ["/"], util.path)
+	request_method in grant.methods
+	glob.match(grant.path, ["/"], request_path)
 	time.now_ns() < time.parse_rfc3339_ns(grant.expires)
 }

@@ -3,14 +3,15 @@
 #   - OAuth scopes, mapped to routes in data.config.route_scopes.
 package lib.permissions
 
-import data.lib.util
+import data.lib.util.request_method
+import data.lib.util.request_path
 
 grants contains "permission" if {
 	some permission in input.identity.claims.permissions
 	i := indexof(permission, ":")
 	i > 0
-	upper(substring(permission, 0, i)) == util.method
-	glob.match(substring(permission, i + 1, -1), ["/"], util.path)
+	upper(substring(permission, 0, i)) == request_method
+	glob.match(substring(permission, i + 1, -1), ["/"], request_path)
 }
 
 # data.config.route_scopes maps a method and a route to the scope it needs.
@@ -20,11 +21,11 @@ grants contains "permission" if {
 # with ten routes or ten thousand.
 grants contains "scope" if {
 	some route in candidate_routes
-	scope := data.config.route_scopes[util.method][route]
+	scope := data.config.route_scopes[request_method][route]
 	scope in input.identity.scopes
 }
 
-candidate_routes contains util.path
+candidate_routes contains request_path
 
 candidate_routes contains route if {
 	n := count(input.parsed_path)

@@ -5,13 +5,15 @@
 # peer's mTLS certificate, so no header can claim it.
 package lib.services
 
-import data.lib.util
+import data.lib.util.request_method
+import data.lib.util.request_path
+import data.lib.util.principal_name
 
 grants contains "service" if {
 	input.source.principal.trusted
 	some rule in data.config.service_rules
-	util.principal_name in rule.from.principals
-	util.method in rule.to.methods
+	principal_name in rule.from.principals
+	request_method in rule.to.methods
 	some pattern in rule.to.paths
-	glob.match(pattern, ["/"], util.path)
+	glob.match(pattern, ["/"], request_path)
 }

@@ -4,9 +4,9 @@
 # authentication at most data.config.max_auth_age_seconds old.
 package lib.stepup
 
-import data.lib.util
+import data.lib.util.request_method
 
-sensitive if util.method == "DELETE"
+sensitive if request_method == "DELETE"
 
 sensitive if input.parsed_path[0] == "admin"
 

@@ -6,7 +6,7 @@
 #     department, and for auditors.
 package lib.tenancy
 
-import data.lib.util
+import data.lib.util.request_method
 
 tenant := input.parsed_path[2] if {
 	input.parsed_path[0] == "api"
@@ -29,13 +29,13 @@ grants contains "tenant_member" if {
 }
 
 role_allows if {
-	util.method in {"GET", "HEAD"}
+	request_method in {"GET", "HEAD"}
 	some role in input.identity.claims.roles
 	role in {"viewer", "editor", "admin"}
 }
 
 role_allows if {
-	util.method in {"POST", "PUT", "PATCH"}
+	request_method in {"POST", "PUT", "PATCH"}
 	some role in input.identity.claims.roles
 	role in {"editor", "admin"}
 }
@@ -45,13 +45,13 @@ role_allows if "admin" in input.identity.claims.roles
 grants contains "department" if {
 	input.parsed_path[0] == "api"
 	input.parsed_path[1] == "reports"
-	util.method == "GET"
+	request_method == "GET"
 	input.identity.claims.department == input.parsed_path[2]
 }
 
 grants contains "auditor" if {
 	input.parsed_path[0] == "api"
 	input.parsed_path[1] == "reports"
-	util.method == "GET"
+	request_method == "GET"
 	"auditor" in input.identity.claims.roles
 }

@@ -18,43 +18,78 @@ use regorus::{Engine, Value};
 
 type BuiltinFn = fn(Vec<Value>) -> anyhow::Result<Value>;
 
+/// Every built-in here: its Rego name, how many arguments it takes, and
+/// the function. The interpreter gets them as extensions; the bytecode VM
+/// suspends on them (HostAwait) and [`call`] answers.
+pub const BUILTINS: [(&str, usize, BuiltinFn); 18] = [
+    ("io.jwt.decode", 1, decode),
+    ("io.jwt.decode_verify", 2, decode_verify),
+    ("io.jwt.verify_rs256", 2, |a| {
+        verify_one(a, Algorithm::RS256)
+    }),
+    ("io.jwt.verify_rs384", 2, |a| {
+        verify_one(a, Algorithm::RS384)
+    }),
+    ("io.jwt.verify_rs512", 2, |a| {
+        verify_one(a, Algorithm::RS512)
+    }),
+    ("io.jwt.verify_ps256", 2, |a| {
+        verify_one(a, Algorithm::PS256)
+    }),
+    ("io.jwt.verify_ps384", 2, |a| {
+        verify_one(a, Algorithm::PS384)
+    }),
+    ("io.jwt.verify_ps512", 2, |a| {
+        verify_one(a, Algorithm::PS512)
+    }),
+    ("io.jwt.verify_es256", 2, |a| {
+        verify_one(a, Algorithm::ES256)
+    }),
+    ("io.jwt.verify_es384", 2, |a| {
+        verify_one(a, Algorithm::ES384)
+    }),
+    ("io.jwt.verify_eddsa", 2, |a| {
+        verify_one(a, Algorithm::EdDSA)
+    }),
+    ("io.jwt.verify_hs256", 2, |a| {
+        verify_one(a, Algorithm::HS256)
+    }),
+    ("io.jwt.verify_hs384", 2, |a| {
+        verify_one(a, Algorithm::HS384)
+    }),
+    ("io.jwt.verify_hs512", 2, |a| {
+        verify_one(a, Algorithm::HS512)
+    }),
+    ("io.jwt.verify_es512", 2, |_| Ok(Value::from(false))),
+    ("net.cidr_intersects", 2, super::net::cidr_intersects),
+    ("net.cidr_merge", 1, super::net::cidr_merge),
+    (
+        "net.cidr_contains_matches",
+        2,
+        super::net::cidr_contains_matches,
+    ),
+];
+
 /// Registers every built-in here on `engine`.
 ///
 /// # Errors
 /// A name is already registered.
 pub fn register(engine: &mut Engine) -> anyhow::Result<()> {
-    engine.add_extension("io.jwt.decode".into(), 1, lenient(decode))?;
-    engine.add_extension("io.jwt.decode_verify".into(), 2, lenient(decode_verify))?;
-    let verifiers: [(&str, BuiltinFn); 13] = [
-        ("io.jwt.verify_rs256", |a| verify_one(a, Algorithm::RS256)),
-        ("io.jwt.verify_rs384", |a| verify_one(a, Algorithm::RS384)),
-        ("io.jwt.verify_rs512", |a| verify_one(a, Algorithm::RS512)),
-        ("io.jwt.verify_ps256", |a| verify_one(a, Algorithm::PS256)),
-        ("io.jwt.verify_ps384", |a| verify_one(a, Algorithm::PS384)),
-        ("io.jwt.verify_ps512", |a| verify_one(a, Algorithm::PS512)),
-        ("io.jwt.verify_es256", |a| verify_one(a, Algorithm::ES256)),
-        ("io.jwt.verify_es384", |a| verify_one(a, Algorithm::ES384)),
-        ("io.jwt.verify_eddsa", |a| verify_one(a, Algorithm::EdDSA)),
-        ("io.jwt.verify_hs256", |a| verify_one(a, Algorithm::HS256)),
-        ("io.jwt.verify_hs384", |a| verify_one(a, Algorithm::HS384)),
-        ("io.jwt.verify_hs512", |a| verify_one(a, Algorithm::HS512)),
-        ("io.jwt.verify_es512", |_| Ok(Value::from(false))),
-    ];
-    for (name, f) in verifiers {
-        engine.add_extension(name.into(), 2, lenient(f))?;
+    for (name, arity, f) in BUILTINS {
+        let arity = u8::try_from(arity)?;
+        engine.add_extension(name.into(), arity, lenient(f))?;
     }
-    engine.add_extension(
-        "net.cidr_intersects".into(),
-        2,
-        lenient(super::net::cidr_intersects),
-    )?;
-    engine.add_extension("net.cidr_merge".into(), 1, lenient(super::net::cidr_merge))?;
-    engine.add_extension(
-        "net.cidr_contains_matches".into(),
-        2,
-        lenient(super::net::cidr_contains_matches),
-    )?;
     Ok(())
+}
+
+/// Calls the built-in `name` with OPA's non-strict semantics: an error (or
+/// an unknown name, or the wrong number of arguments) is `Undefined`.
+pub fn call(name: &str, args: Vec<Value>) -> Value {
+    BUILTINS
+        .iter()
+        .find(|(n, arity, _)| *n == name && *arity == args.len())
+        .and_then(|(_, _, f)| f(args).ok())
+        .unwrap_or(Value::Undefined)
 }
 
 /// regorus fails the whole evaluation when an extension errors; OPA makes

@@ -10,6 +10,7 @@ mod nesting;
 mod net;
 mod outcome;
 pub mod reload;
+mod rvm;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 use regorus::{Engine, Value};
 use sha2::{Digest, Sha256};
 
-use crate::config::{DecisionPath, PolicyConfig, RegoVersion};
+use crate::config::{DecisionPath, EngineChoice, PolicyConfig, RegoVersion};
 
 pub use outcome::{HeaderList, PolicyOutcome};
 
@@ -41,6 +42,10 @@ pub enum PolicyError {
     MissingDecision { rule: String },
     #[error("cannot prepare policies: {message}")]
     Prepare { message: String },
+    #[error(
+        "the decision does not compile for the bytecode VM (policy.engine = \"rvm\"): {message}"
+    )]
+    Rvm { message: String },
     #[error("policy evaluation exceeded its time limit of {limit_ms} ms")]
     Timeout { limit_ms: u128 },
     #[error(transparent)]
@@ -88,12 +93,70 @@ enum Lookup {
     Query,
 }
 
+/// Which engine decided one request, for metrics and the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineUsed {
+    /// The bytecode VM.
+    Rvm,
+    /// The interpreter: the set does not run on the VM, or was taken off it.
+    Interpreter,
+    /// The VM failed on this request; the interpreter decided it.
+    RvmFallback,
+    /// The VM's answer differed from the interpreter's on a checked
+    /// request: the interpreter's answer was used, and the set is off the
+    /// VM from now on.
+    RvmMismatch,
+}
+
+/// A decision rule's outcome and the engine that reached it.
+#[derive(Debug)]
+pub struct Evaluation {
+    pub result: Result<PolicyOutcome, PolicyError>,
+    pub engine: EngineUsed,
+}
+
+/// Checks the VM against the interpreter on a sample of requests: the
+/// first [`CHECK_FIRST`] of a set's decisions and one in [`CHECK_EVERY`]
+/// after. The VM silently turns some errors into a failed rule body, so a
+/// difference here means the VM cannot be trusted with this set.
+#[derive(Debug, Default)]
+struct Verifier {
+    decisions: std::sync::atomic::AtomicU64,
+    /// Why the set was taken off the VM, once it was.
+    demoted: std::sync::OnceLock<String>,
+}
+
+const CHECK_FIRST: u64 = 1000;
+const CHECK_EVERY: u64 = 1024;
+
+impl Verifier {
+    fn should_check(&self) -> bool {
+        let n = self
+            .decisions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        n < CHECK_FIRST || n % CHECK_EVERY == 0
+    }
+}
+
+/// Which engine a set's decisions run on, for `/readyz` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineStatus {
+    pub engine: &'static str,
+    /// Why the interpreter runs it, when it does.
+    pub fallback_reason: Option<String>,
+}
+
 /// A loaded, compiled and prepared set of policies and data.
 pub struct PolicySet {
     revision: Revision,
     template: Engine,
     rule: String,
     lookup: Lookup,
+    /// The decision compiled for the bytecode VM, when it compiles.
+    rvm: Option<rvm::CompiledDecision>,
+    /// Why the decision runs on the interpreter, when it does from the start.
+    interpreter_reason: Option<String>,
+    verifier: Verifier,
     eval_timeout: std::time::Duration,
     files: Vec<PathBuf>,
     /// Each policy file (as the engine names it) with its package (`data.a.b`).
@@ -247,6 +310,26 @@ impl PolicySet {
 
         let rule = config.decision.rule_ref();
         let lookup = prepare(&mut engine, &rule, &config.decision, &packages)?;
+        let package_import = rvm::package_import(
+            sources.rego.iter().map(|(p, t)| (p.as_path(), t.as_str())),
+            &packages,
+        );
+        let chosen = match package_import {
+            Some(reason) if config.engine != EngineChoice::Interpreter => Err(reason),
+            _ => choose_engine(&mut engine, &rule, lookup, config),
+        };
+        let (rvm, interpreter_reason) = match chosen {
+            Ok(compiled) => (Some(compiled), None),
+            Err(reason) if config.engine == EngineChoice::Rvm => {
+                return Err(PolicyError::Rvm { message: reason });
+            }
+            Err(reason) => {
+                if config.engine == EngineChoice::Auto {
+                    tracing::warn!(decision = %rule, reason = %reason, "the decision runs on the interpreter, not the bytecode VM");
+                }
+                (None, Some(reason))
+            }
+        };
         let digest = hasher.finalize();
         let revision = Revision(
             digest
@@ -260,6 +343,9 @@ impl PolicySet {
             template: engine,
             rule,
             lookup,
+            rvm,
+            interpreter_reason,
+            verifier: Verifier::default(),
             eval_timeout: config.eval_timeout,
             files,
             packages,
@@ -311,18 +397,113 @@ impl PolicySet {
             .collect())
     }
 
-    /// Evaluates the decision rule for one input on a clone of the prepared
-    /// engine and reads the result.
+    /// Which engine this set's decisions run on.
+    pub fn engine_status(&self) -> EngineStatus {
+        match (&self.rvm, self.verifier.demoted.get()) {
+            (Some(_), None) => EngineStatus {
+                engine: "rvm",
+                fallback_reason: None,
+            },
+            (Some(_), Some(why)) => EngineStatus {
+                engine: "interpreter",
+                fallback_reason: Some(why.clone()),
+            },
+            (None, _) => EngineStatus {
+                engine: "interpreter",
+                fallback_reason: self.interpreter_reason.clone(),
+            },
+        }
+    }
+
+    /// Evaluates the decision rule for one input and reads the result.
     ///
     /// # Errors
     /// The evaluation failed or ran out of time, the decision is undefined,
     /// or it is neither a boolean nor a valid result object.
     pub fn decide(&self, input: Value) -> Result<PolicyOutcome, PolicyError> {
-        let value = match self.lookup {
-            Lookup::Rule => self.evaluate(&self.rule, input)?,
-            Lookup::Query => self.query(input)?,
+        self.evaluate_decision(input).result
+    }
+
+    /// As [`PolicySet::decide`], and which engine decided.
+    pub fn evaluate_decision(&self, input: Value) -> Evaluation {
+        let (value, engine) = match &self.rvm {
+            Some(compiled) if self.verifier.demoted.get().is_none() => {
+                self.on_the_vm(compiled, input)
+            }
+            _ => (self.interpret(input), EngineUsed::Interpreter),
         };
-        PolicyOutcome::from_value(value)
+        Evaluation {
+            result: value.and_then(PolicyOutcome::from_value),
+            engine,
+        }
+    }
+
+    /// The decision rule's value on the bytecode VM alone, with no check
+    /// and no fallback; `None` when this set does not run on the VM. For
+    /// comparing the engines.
+    pub fn vm_value(&self, input: Value) -> Option<Result<Value, PolicyError>> {
+        let compiled = self.rvm.as_ref()?;
+        Some(compiled.evaluate(input).map_err(|e| match e {
+            rvm::RvmError::Timeout => PolicyError::Timeout {
+                limit_ms: self.eval_timeout.as_millis(),
+            },
+            rvm::RvmError::Vm(message) => PolicyError::Evaluation { message },
+        }))
+    }
+
+    /// The decision rule's value on the interpreter alone (the plain path
+    /// that the VM is compared with).
+    ///
+    /// # Errors
+    /// The evaluation failed or ran out of time.
+    pub fn interpret(&self, input: Value) -> Result<Value, PolicyError> {
+        match self.lookup {
+            Lookup::Rule => self.evaluate(&self.rule, input),
+            Lookup::Query => self.query(input),
+        }
+    }
+
+    fn on_the_vm(
+        &self,
+        compiled: &rvm::CompiledDecision,
+        input: Value,
+    ) -> (Result<Value, PolicyError>, EngineUsed) {
+        // Values share their contents: keeping one for the interpreter is cheap.
+        let kept = input.clone();
+        match compiled.evaluate(input) {
+            Ok(value) if self.verifier.should_check() => match self.interpret(kept) {
+                // The interpreter is the slower one: running out of time
+                // there says nothing about the VM's answer.
+                Err(PolicyError::Timeout { .. }) => (Ok(value), EngineUsed::Rvm),
+                Ok(plain) if plain == value => (Ok(value), EngineUsed::Rvm),
+                plain => {
+                    let why = format!(
+                        "the bytecode VM answered {value} where the interpreter answered {}",
+                        match &plain {
+                            Ok(v) => v.to_string(),
+                            Err(e) => e.to_string(),
+                        }
+                    );
+                    tracing::error!(revision = %self.revision, difference = %why, "the bytecode VM and the interpreter disagree: this policy set runs on the interpreter from now on");
+                    let _ = self
+                        .verifier
+                        .demoted
+                        .set(format!("taken off the bytecode VM: {why}"));
+                    (plain, EngineUsed::RvmMismatch)
+                }
+            },
+            Ok(value) => (Ok(value), EngineUsed::Rvm),
+            Err(rvm::RvmError::Timeout) => (
+                Err(PolicyError::Timeout {
+                    limit_ms: self.eval_timeout.as_millis(),
+                }),
+                EngineUsed::Rvm,
+            ),
+            Err(rvm::RvmError::Vm(message)) => {
+                tracing::warn!(revision = %self.revision, error = %message, "the bytecode VM failed; the interpreter decides this request");
+                (self.interpret(kept), EngineUsed::RvmFallback)
+            }
+        }
     }
 
     fn query(&self, input: Value) -> Result<Value, PolicyError> {
@@ -370,6 +551,36 @@ impl PolicySet {
             .eval_rule(rule.to_owned())
             .map_err(|e| self.classify(&e))
     }
+}
+
+/// The decision compiled for the VM, or why the interpreter runs it.
+fn choose_engine(
+    engine: &mut Engine,
+    rule: &str,
+    lookup: Lookup,
+    config: &PolicyConfig,
+) -> Result<rvm::CompiledDecision, String> {
+    if config.engine == EngineChoice::Interpreter {
+        return Err("policy.engine = \"interpreter\"".into());
+    }
+    if config.strict_builtin_errors {
+        return Err(
+            "strict_builtin_errors is on, and the bytecode VM cannot report a built-in's error"
+                .into(),
+        );
+    }
+    if lookup == Lookup::Query {
+        return Err(format!(
+            "{rule} is an object built from partial rules with constant keys (`{}[\"allowed\"] := ...`), which the bytecode VM does not compile",
+            rule.rsplit('.').next().unwrap_or_default()
+        ));
+    }
+    rvm::CompiledDecision::compile(
+        engine,
+        rule,
+        config.eval_timeout,
+        config.strict_builtin_errors,
+    )
 }
 
 /// Checks that the decision rule exists, chooses how to read it, and leaves
@@ -621,6 +832,95 @@ mod tests {
             PolicySet::from_sources(&[("r.rego", rego)], None, &missing),
             Err(PolicyError::MissingDecision { .. })
         ));
+    }
+
+    #[test]
+    fn the_vm_runs_what_it_compiles_and_says_why_not_otherwise() {
+        let on_vm =
+            set("package envoy.authz\ndefault allow := false\nallow if input.user == \"alice\"\n")
+                .unwrap();
+        assert_eq!(on_vm.engine_status().engine, "rvm");
+        let evaluation = on_vm.evaluate_decision(input(r#"{"user":"alice"}"#));
+        assert_eq!(evaluation.engine, EngineUsed::Rvm);
+        assert!(evaluation.result.unwrap().allowed());
+
+        let forced = PolicyConfig {
+            engine: EngineChoice::Interpreter,
+            ..PolicyConfig::default()
+        };
+        let plain = PolicySet::from_sources(
+            &[("p.rego", "package envoy.authz\nallow := true\n")],
+            None,
+            &forced,
+        )
+        .unwrap();
+        let status = plain.engine_status();
+        assert_eq!(status.engine, "interpreter");
+        assert!(status.fallback_reason.unwrap().contains("interpreter"));
+        assert_eq!(
+            plain.evaluate_decision(input("{}")).engine,
+            EngineUsed::Interpreter
+        );
+    }
+
+    #[test]
+    fn a_whole_package_import_keeps_the_set_on_the_interpreter() {
+        let rego = [
+            ("lib.rego", "package lib.util\nok if input.ok\n"),
+            (
+                "p.rego",
+                "package envoy.authz\nimport data.lib.util\ndefault allow := false\nallow if util.ok\n",
+            ),
+        ];
+        let policies = PolicySet::from_sources(&rego, None, &PolicyConfig::default()).unwrap();
+        let status = policies.engine_status();
+        assert_eq!(status.engine, "interpreter");
+        let reason = status.fallback_reason.unwrap();
+        assert!(
+            reason.contains("p.rego:2: `import data.lib.util`"),
+            "{reason}"
+        );
+        assert!(policies.decide(input(r#"{"ok": true}"#)).unwrap().allowed());
+        // Importing the rule itself is fine.
+        let rego = [
+            rego[0],
+            (
+                "p.rego",
+                "package envoy.authz\nimport data.lib.util.ok\ndefault allow := false\nallow if ok\n",
+            ),
+        ];
+        let policies = PolicySet::from_sources(&rego, None, &PolicyConfig::default()).unwrap();
+        assert_eq!(policies.engine_status().engine, "rvm");
+        assert!(policies.decide(input(r#"{"ok": true}"#)).unwrap().allowed());
+    }
+
+    #[test]
+    fn a_difference_from_the_interpreter_takes_the_set_off_the_vm() {
+        // Conflicting values: the interpreter reports an error; the VM
+        // makes the rule undefined without one.
+        let policies =
+            set("package envoy.authz\nallow := true if input.a\nallow := false if input.b\n")
+                .unwrap();
+        assert_eq!(policies.engine_status().engine, "rvm");
+        let both = input(r#"{"a":true,"b":true}"#);
+        assert!(matches!(
+            policies.vm_value(both.clone()),
+            Some(Ok(Value::Undefined))
+        ));
+        let evaluation = policies.evaluate_decision(both);
+        assert_eq!(evaluation.engine, EngineUsed::RvmMismatch);
+        assert!(
+            matches!(evaluation.result, Err(PolicyError::Evaluation { .. })),
+            "the interpreter's answer is used: {:?}",
+            evaluation.result
+        );
+        let status = policies.engine_status();
+        assert_eq!(status.engine, "interpreter");
+        assert!(status.fallback_reason.unwrap().contains("taken off"));
+        assert_eq!(
+            policies.evaluate_decision(input(r#"{"a":true}"#)).engine,
+            EngineUsed::Interpreter
+        );
     }
 
     #[test]

@@ -194,9 +194,10 @@ impl Shared {
                     kept_input = Some(input.clone());
                 }
                 let eval_started = Instant::now();
-                let outcome = policies.decide(input);
+                let evaluation = policies.evaluate_decision(input);
                 eval = eval_started.elapsed();
-                decision::decide(outcome, &self.decision_options, decision_id)
+                self.metrics.record_engine(evaluation.engine);
+                decision::decide(evaluation.result, &self.decision_options, decision_id)
             }
         };
         let total = started.elapsed();

@@ -1,0 +1,255 @@
+//! The decision rule compiled for regorus's bytecode VM (the RVM), and its
+//! evaluation on one VM per thread.
+//!
+//! The program is compiled once per policy set, off the request path. Each
+//! thread that decides keeps a VM loaded with the program and data of the
+//! last set it served, and reloads it when a new set arrives. Arbiter's own
+//! built-ins (`io.jwt.*`, `net.cidr_*` additions) are not known to the VM:
+//! the compiler turns their calls into HostAwait suspensions, and the host
+//! answers them here with the same functions the interpreter calls.
+//!
+//! The VM turns most errors inside a rule body into "the body failed",
+//! silently; what it does report (time and instruction limits, overflow)
+//! comes back as [`RvmError`], and the caller falls back to the interpreter
+//! for that request.
+
+use std::cell::RefCell;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::program::Program;
+use regorus::rvm::vm::{ExecutionMode, ExecutionState, RegoVM, SuspendReason, VmError};
+use regorus::utils::limits::ExecutionTimerConfig;
+use regorus::{Engine, Value};
+
+use super::builtins;
+
+/// Why an evaluation on the VM gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RvmError {
+    #[error("evaluation exceeded its time limit")]
+    Timeout,
+    #[error("the bytecode VM failed: {0}")]
+    Vm(String),
+}
+
+/// Tells one compiled program from another, so a thread's VM is reloaded
+/// exactly when the set it serves changes.
+static NEXT_PROGRAM_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The decision rule of one policy set, compiled for the VM.
+pub struct CompiledDecision {
+    id: u64,
+    program: Arc<Program>,
+    data: Value,
+    /// Whether the program calls Arbiter's built-ins, which need the
+    /// suspendable mode (about 20% slower) to be answered.
+    suspendable: bool,
+    eval_timeout: Duration,
+    strict_builtin_errors: bool,
+}
+
+impl std::fmt::Debug for CompiledDecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledDecision")
+            .field("id", &self.id)
+            .field("instructions", &self.program.instructions.len())
+            .field("suspendable", &self.suspendable)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often the VM reads the clock, in instructions.
+const TIMER_CHECK_INTERVAL: u32 = 64;
+
+impl CompiledDecision {
+    /// Compiles `rule` (`data.envoy.authz.allow`) of a prepared engine.
+    ///
+    /// # Errors
+    /// What the RVM compiler cannot compile, in its words (a construct it
+    /// does not support, with file and line).
+    pub fn compile(
+        engine: &mut Engine,
+        rule: &str,
+        eval_timeout: Duration,
+        strict_builtin_errors: bool,
+    ) -> Result<Self, String> {
+        let entry: regorus::Rc<str> = rule.into();
+        let compiled = engine
+            .compile_with_entrypoint(&entry)
+            .map_err(|e| e.to_string())?;
+        let host_builtins: Vec<(&str, usize)> = builtins::BUILTINS
+            .iter()
+            .map(|(name, arity, _)| (*name, *arity))
+            .collect();
+        let program =
+            Compiler::compile_from_policy_with_host_await(&compiled, &[rule], &host_builtins)
+                .map_err(|e| one_line(&e.to_string()))?;
+        let decision = Self {
+            id: NEXT_PROGRAM_ID.fetch_add(1, Ordering::Relaxed),
+            suspendable: program.has_host_await(),
+            program,
+            data: engine.get_data(),
+            eval_timeout,
+            strict_builtin_errors,
+        };
+        // Loading checks the data against the rule tree: a conflict is a
+        // reason not to use the VM, found now rather than per request.
+        decision.new_vm().map_err(|e| e.to_string())?;
+        Ok(decision)
+    }
+
+    fn new_vm(&self) -> Result<RegoVM, RvmError> {
+        let mut vm = RegoVM::new();
+        vm.load_program(Arc::clone(&self.program));
+        vm.set_data(self.data.clone())
+            .map_err(|e| RvmError::Vm(e.to_string()))?;
+        // The time limit is the bound; instructions are not counted.
+        vm.set_max_instructions(usize::MAX);
+        vm.set_execution_timer_config(Some(ExecutionTimerConfig {
+            limit: self.eval_timeout,
+            check_interval: NonZeroU32::new(TIMER_CHECK_INTERVAL).unwrap_or(NonZeroU32::MIN),
+        }));
+        vm.set_strict_builtin_errors(self.strict_builtin_errors);
+        vm.set_execution_mode(if self.suspendable {
+            ExecutionMode::Suspendable
+        } else {
+            ExecutionMode::RunToCompletion
+        });
+        Ok(vm)
+    }
+
+    /// Evaluates the decision rule for one input on this thread's VM.
+    ///
+    /// # Errors
+    /// The evaluation ran out of time, or the VM reported an error.
+    pub fn evaluate(&self, input: Value) -> Result<Value, RvmError> {
+        thread_local! {
+            static VM: RefCell<Option<(u64, RegoVM)>> = const { RefCell::new(None) };
+        }
+        VM.with(|cell| {
+            let mut slot = cell.try_borrow_mut().map_err(|_| {
+                RvmError::Vm("the thread's VM is already in use (re-entered)".into())
+            })?;
+            let vm = match &mut *slot {
+                Some((id, vm)) if *id == self.id => vm,
+                other => {
+                    let (_, vm) = other.insert((self.id, self.new_vm()?));
+                    vm
+                }
+            };
+            vm.set_input(input);
+            let result = self.run(vm);
+            // The input may be large (a body): not kept until the next request.
+            vm.set_input(Value::Null);
+            result
+        })
+    }
+
+    fn run(&self, vm: &mut RegoVM) -> Result<Value, RvmError> {
+        let value = vm.execute_entry_point_by_index(0).map_err(classify)?;
+        if !self.suspendable {
+            return Ok(value);
+        }
+        loop {
+            let (name, args) = match vm.execution_state() {
+                ExecutionState::Completed { result } => return Ok(result.clone()),
+                ExecutionState::Suspended {
+                    reason:
+                        SuspendReason::HostAwait {
+                            identifier,
+                            argument,
+                            ..
+                        },
+                    ..
+                } => {
+                    let name = identifier
+                        .as_string()
+                        .map_err(|e| RvmError::Vm(format!("host call without a name: {e}")))?
+                        .clone();
+                    let args = argument
+                        .as_array()
+                        .map_err(|e| RvmError::Vm(format!("host call {name}: {e}")))?
+                        .to_vec();
+                    (name, args)
+                }
+                ExecutionState::Error { error } => return Err(classify(error.clone())),
+                other => {
+                    return Err(RvmError::Vm(format!(
+                        "unexpected VM state after execution: {other:?}"
+                    )));
+                }
+            };
+            let answer = builtins::call(&name, args);
+            vm.resume(Some(answer)).map_err(classify)?;
+        }
+    }
+}
+
+/// The first import of a whole package (`import data.lib.util`, then
+/// `util.path`), with its file and line. Such references evaluate wrongly
+/// on regorus 0.14's VM (a set union through them came out empty, with no
+/// error), so a policy set that has one stays on the interpreter; import
+/// the rules themselves (`import data.lib.util.path`).
+pub fn package_import<'a>(
+    rego: impl IntoIterator<Item = (&'a std::path::Path, &'a str)>,
+    packages: &[(String, String)],
+) -> Option<String> {
+    // Tests (`*_test.rego`) are never reached from the decision.
+    let reachable = rego
+        .into_iter()
+        .filter(|(file, _)| !file.to_string_lossy().ends_with("_test.rego"));
+    for (file, text) in reachable {
+        for (n, line) in text.lines().enumerate() {
+            let Some(rest) = line.trim_start().strip_prefix("import ") else {
+                continue;
+            };
+            let path = rest
+                .split(|c: char| c.is_whitespace() || c == '#')
+                .next()
+                .unwrap_or_default();
+            let imports_a_package = packages.iter().any(|(_, package)| {
+                package == path
+                    || package
+                        .strip_prefix(path)
+                        .is_some_and(|rest| rest.starts_with('.'))
+            });
+            if imports_a_package {
+                return Some(format!(
+                    "{}:{}: `import {path}` imports a whole package, which the bytecode VM evaluates wrongly; import its rules (`import {path}.<rule>`)",
+                    file.display(),
+                    n + 1
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// A compiler message (`--> file:line:col`, the source, `error: what`) as
+/// `file:line:col: what`, for a log field and `/readyz`.
+fn one_line(message: &str) -> String {
+    let at = message
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("--> "))
+        .map(str::trim);
+    let what = message
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("error: "))
+        .unwrap_or(message.trim());
+    match at {
+        Some(at) => format!("{at}: {what}"),
+        None => what.to_owned(),
+    }
+}
+
+fn classify(error: VmError) -> RvmError {
+    match error {
+        VmError::TimeLimitExceeded { .. } => RvmError::Timeout,
+        other => RvmError::Vm(other.to_string()),
+    }
+}
