@@ -123,18 +123,193 @@ pub const MASKABLE_FIELDS: [&str; 9] = [
 ];
 
 /// How decisions are logged: which allows are sampled, which fields masked.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DecisionLog {
     /// Fraction of allows logged, 0 to 1; every deny is logged.
     allow_sample_rate: f64,
     mask: Vec<String>,
+    /// Lines for the writer thread; a full queue drops the line.
+    queue: std::sync::mpsc::SyncSender<DecisionLine>,
+    /// Lines queued and not yet written, for [`DecisionLog::flush`].
+    pending: std::sync::Arc<AtomicU64>,
+    /// Lines dropped because the queue was full.
+    dropped: AtomicU64,
+}
+
+/// How many decision lines may wait for the writer before new ones are dropped.
+const DECISION_QUEUE: usize = 16_384;
+
+/// How often the writer wakes to write what was queued: lines are written
+/// in batches, and a decision never wakes a thread.
+const DECISION_FLUSH_INTERVAL: Duration = Duration::from_millis(5);
+
+/// One decision line, owned, on its way to the writer thread; its JSON form
+/// is the same as `tracing`'s JSON lines for the other logs.
+#[derive(serde::Serialize)]
+struct DecisionLine {
+    #[serde(serialize_with = "rfc3339")]
+    timestamp: std::time::SystemTime,
+    level: &'static str,
+    message: &'static str,
+    target: &'static str,
+    decision_id: String,
+    revision: String,
+    result: &'static str,
+    reason: String,
+    dry_run: bool,
+    http_status: u16,
+    method: String,
+    host: String,
+    path: String,
+    source_address: String,
+    source_principal: String,
+    subject: String,
+    provider: String,
+    device_id: String,
+    error: String,
+    eval_us: u64,
+    total_us: u64,
+}
+
+fn rfc3339<S: serde::Serializer>(at: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    let text = time::OffsetDateTime::from(*at)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    s.serialize_str(&text)
+}
+
+/// Where the writer thread puts decision lines.
+enum Sink {
+    /// JSON lines, written in batches to stdout or the decision file.
+    Json(Box<dyn std::io::Write + Send>),
+    /// Through `tracing`, one line at a time, in its text format.
+    Text,
+}
+
+impl Sink {
+    fn open(config: &LogConfig) -> Self {
+        if config.format == LogFormat::Text {
+            return Self::Text;
+        }
+        let out: Box<dyn std::io::Write + Send> = match &config.decision_file {
+            None => Box::new(std::io::stdout()),
+            Some(path) => match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                Ok(file) => Box::new(file),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot open the decision log file; decision lines go to stdout");
+                    Box::new(std::io::stdout())
+                }
+            },
+        };
+        Self::Json(out)
+    }
+
+    /// Writes every line queued now; returns how many, and whether the
+    /// log is closed (its last sender dropped).
+    fn drain(&mut self, lines: &std::sync::mpsc::Receiver<DecisionLine>, buf: &mut Vec<u8>) -> (u64, bool) {
+        use std::sync::mpsc::TryRecvError;
+        let mut written = 0;
+        let closed = loop {
+            match lines.try_recv() {
+                Ok(line) => {
+                    match self {
+                        Self::Json(_) => {
+                            if serde_json::to_writer(&mut *buf, &line).is_ok() {
+                                buf.push(b'\n');
+                            }
+                        }
+                        Self::Text => line.emit(),
+                    }
+                    written += 1;
+                }
+                Err(TryRecvError::Empty) => break false,
+                Err(TryRecvError::Disconnected) => break true,
+            }
+        };
+        if let Self::Json(out) = self
+            && !buf.is_empty()
+        {
+            let _ = out.write_all(buf).and_then(|()| out.flush());
+            buf.clear();
+        }
+        (written, closed)
+    }
+}
+
+impl DecisionLine {
+    fn emit(&self) {
+        tracing::info!(
+            target: "arbiter::decision",
+            decision_id = %self.decision_id,
+            revision = %self.revision,
+            result = self.result,
+            reason = %self.reason,
+            dry_run = self.dry_run,
+            http_status = self.http_status,
+            method = %self.method,
+            host = %self.host,
+            path = %self.path,
+            source_address = %self.source_address,
+            source_principal = %self.source_principal,
+            subject = %self.subject,
+            provider = %self.provider,
+            device_id = %self.device_id,
+            error = %self.error,
+            eval_us = self.eval_us,
+            total_us = self.total_us,
+            "decision"
+        );
+    }
 }
 
 impl DecisionLog {
+    /// The decision log, with its writer thread: formatting and writing a
+    /// line happen there, so a decision never waits for the log.
     pub fn new(config: &LogConfig) -> Self {
+        let (queue, lines) = std::sync::mpsc::sync_channel::<DecisionLine>(DECISION_QUEUE);
+        let pending = std::sync::Arc::new(AtomicU64::new(0));
+        let written = std::sync::Arc::clone(&pending);
+        let mut sink = Sink::open(config);
+        let writer = std::thread::Builder::new()
+            .name("decision-log".into())
+            .spawn(move || {
+                let mut buf = Vec::with_capacity(64 * 1024);
+                // Ends once the DecisionLog is dropped and the queue is empty.
+                loop {
+                    std::thread::sleep(DECISION_FLUSH_INTERVAL);
+                    let (n, closed) = sink.drain(&lines, &mut buf);
+                    written.fetch_sub(n, Ordering::Release);
+                    if closed {
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = writer {
+            tracing::error!(error = %e, "cannot start the decision log writer; decision lines will be dropped and counted");
+        }
         Self {
             allow_sample_rate: config.allow_sample_rate.clamp(0.0, 1.0),
             mask: config.mask.clone(),
+            queue,
+            pending,
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Lines dropped because the writer could not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every queued line is written, or `within` passes.
+    pub async fn flush(&self, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while self.pending.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 
@@ -146,16 +321,18 @@ impl DecisionLog {
         draw < self.allow_sample_rate
     }
 
-    fn field<'a>(&self, name: &str, value: &'a str) -> &'a str {
+    fn field(&self, name: &str, value: &str) -> String {
         if self.mask.iter().any(|m| m == name) {
-            "[masked]"
+            "[masked]".to_owned()
         } else {
-            value
+            value.to_owned()
         }
     }
 
-    /// Writes one decision line (target `arbiter::decision`), unless sampled
-    /// out. No header, token, cookie or body is ever part of it.
+    /// Queues one decision line (target `arbiter::decision`) for the
+    /// writer, unless sampled out; when the queue is full the line is
+    /// dropped and counted (`arbiter_decision_log_dropped_total`). No
+    /// header, token, cookie or body is ever part of it.
     pub fn write(
         &self,
         record: &DecisionRecord,
@@ -163,36 +340,43 @@ impl DecisionLog {
         eval: Duration,
         total: Duration,
     ) {
-        if !self.keep(record) {
+        if !tracing::enabled!(target: "arbiter::decision", tracing::Level::INFO)
+            || !self.keep(record)
+        {
             return;
         }
-        let reason = record
-            .deny_reason
-            .as_ref()
-            .map(|r| r.as_str())
-            .unwrap_or("");
-        let result = if record.allowed { "allow" } else { "deny" };
-        tracing::info!(
-            target: "arbiter::decision",
-            decision_id = %record.decision_id,
-            revision = request.revision,
-            result,
-            reason,
-            dry_run = record.dry_run,
-            http_status = record.http_status.unwrap_or(0),
-            method = self.field("method", request.method),
-            host = self.field("host", request.host),
-            path = self.field("path", request.path),
-            source_address = self.field("source_address", request.source_address),
-            source_principal = self.field("source_principal", request.source_principal),
-            subject = self.field("subject", request.subject),
-            provider = self.field("provider", request.provider),
-            device_id = self.field("device_id", request.device_id),
-            error = self.field("error", record.error.as_deref().unwrap_or("")),
-            eval_us = u64::try_from(eval.as_micros()).unwrap_or(u64::MAX),
-            total_us = u64::try_from(total.as_micros()).unwrap_or(u64::MAX),
-            "decision"
-        );
+        let line = DecisionLine {
+            timestamp: std::time::SystemTime::now(),
+            level: "INFO",
+            message: "decision",
+            target: DECISION_TARGET,
+            decision_id: record.decision_id.clone(),
+            revision: request.revision.to_owned(),
+            result: if record.allowed { "allow" } else { "deny" },
+            reason: record
+                .deny_reason
+                .as_ref()
+                .map(|r| r.as_str().to_owned())
+                .unwrap_or_default(),
+            dry_run: record.dry_run,
+            http_status: record.http_status.unwrap_or(0),
+            method: self.field("method", request.method),
+            host: self.field("host", request.host),
+            path: self.field("path", request.path),
+            source_address: self.field("source_address", request.source_address),
+            source_principal: self.field("source_principal", request.source_principal),
+            subject: self.field("subject", request.subject),
+            provider: self.field("provider", request.provider),
+            device_id: self.field("device_id", request.device_id),
+            error: self.field("error", record.error.as_deref().unwrap_or("")),
+            eval_us: u64::try_from(eval.as_micros()).unwrap_or(u64::MAX),
+            total_us: u64::try_from(total.as_micros()).unwrap_or(u64::MAX),
+        };
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        if self.queue.try_send(line).is_err() {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -413,6 +597,17 @@ impl Metrics {
         let _ = writeln!(out, "arbiter_ready {}", u8::from(ready));
         out
     }
+}
+
+/// Decision lines dropped because the writer could not keep up.
+pub fn render_decision_log(out: &mut String, log: &DecisionLog) {
+    let _ = writeln!(
+        out,
+        "# HELP arbiter_decision_log_dropped_total Decision lines dropped because the log writer could not keep up (decisions never wait for it).\n\
+         # TYPE arbiter_decision_log_dropped_total counter\n\
+         arbiter_decision_log_dropped_total {}",
+        log.dropped()
+    );
 }
 
 /// The engine the current policy set runs on.

@@ -47,6 +47,46 @@ enum Command {
     Run(RunArgs),
     /// Make a signing key and tokens: writes `jwks.json` and `tokens.txt` to `--out`.
     Tokens(TokenArgs),
+    /// Write one CheckRequest as a gRPC message body (5-byte prefix and
+    /// protobuf), for h2load's `-d` to replay.
+    Frame(FrameArgs),
+}
+
+#[derive(clap::Args)]
+struct FrameArgs {
+    /// A CheckRequest in the protobuf JSON mapping.
+    #[arg(long)]
+    request: PathBuf,
+    /// Send the first token of this file as `authorization: Bearer <token>`.
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// The request as a gRPC length-prefixed message: uncompressed flag, then
+/// the protobuf's length (big-endian u32), then the protobuf.
+fn write_frame(args: &FrameArgs) -> anyhow::Result<()> {
+    use prost::Message as _;
+    let template = template(&args.request)?;
+    let token = match &args.tokens {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+            let first = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .with_context(|| format!("{} holds no token", path.display()))?;
+            Some(format!("Bearer {}", first.trim()))
+        }
+        None => None,
+    };
+    let message = with_token(&template, token.as_deref()).encode_to_vec();
+    let length = u32::try_from(message.len()).context("request too large for one gRPC message")?;
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&length.to_be_bytes());
+    frame.extend_from_slice(&message);
+    std::fs::write(&args.out, frame).with_context(|| args.out.display().to_string())?;
+    Ok(())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -118,6 +158,7 @@ struct TokenArgs {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Tokens(args) => make_tokens(&args),
+        Command::Frame(args) => write_frame(&args),
         Command::Run(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(args.threads.max(1))

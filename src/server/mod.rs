@@ -72,7 +72,7 @@ pub struct Shared {
     parse_options: ParseOptions,
     decision_options: DecisionOptions,
     limiter: tokio::sync::Semaphore,
-    decision_log: telemetry::DecisionLog,
+    pub decision_log: telemetry::DecisionLog,
     decision_timeout: std::time::Duration,
     /// Data path of the device inventory, if configured.
     inventory_path: Option<Vec<String>>,
@@ -338,6 +338,10 @@ impl Running {
             Ok(Ok(())) => {}
         }
         let _ = self.admin_task.await;
+        self.shared
+            .decision_log
+            .flush(std::time::Duration::from_secs(5))
+            .await;
         tracing::info!("arbiter stopped");
     }
 }

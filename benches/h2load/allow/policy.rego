@@ -1,0 +1,4 @@
+# The null decision: what a decision costs when the policy costs nothing.
+package envoy.authz
+
+allow := true

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Decisions per second through the real binary, as fractions of the
+# transport limit measured in the same run: h2load (Debian nghttp2-client)
+# replays one serialized CheckRequest against
+#   bare        examples/bare_ext_authz.rs: decode, answer OK, nothing else
+#   allow       Arbiter, `allow := true`, no identity provider (benches/h2load/allow.toml)
+#   zero-trust  Arbiter, the zero-trust decision, RS256 token cached (benches/h2load/zero-trust.toml)
+#   library     Arbiter, the policy library in policies/, anonymous GET (benches/h2load/library.toml)
+# in interleaved rounds, and reports each one's median and its ratio to the
+# bare server's median. Every decision must be an allow (read from
+# Arbiter's /metrics after each run), or the run is refused.
+#
+#   scripts/bench-h2load.sh [rounds=5] [seconds=10]
+#
+# h2load -c 8 -m 16 -t 1 as in the issue's measurements; the machine is
+# shared by the server and h2load.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds=${1:-5}
+seconds=${2:-10}
+out=target/bench/h2load
+mkdir -p "$out"
+
+command -v h2load > /dev/null || {
+    echo "h2load not found: apt-get install nghttp2-client" >&2
+    exit 1
+}
+cargo build --release --locked --quiet --bin arbiter --bin arbiter-load --example bare_ext_authz
+if [ ! -f target/bench/jwks.json ] || [ ! -f target/bench/tokens.txt ]; then
+    target/release/arbiter-load tokens --count 100 --out target/bench
+fi
+target/release/arbiter-load frame --request benches/load/request.json \
+    --tokens target/bench/tokens.txt --out "$out/zero-trust.bin"
+target/release/arbiter-load frame --request benches/load/request.json --out "$out/allow.bin"
+cp "$out/allow.bin" "$out/bare.bin"
+target/release/arbiter-load frame --request benches/h2load/public.json --out "$out/library.bin"
+
+# With RUST_BACKTRACE set, every error value regorus makes captures a backtrace.
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
+
+server_pid=
+stop_server() {
+    if [ -n "$server_pid" ]; then
+        kill "$server_pid" 2> /dev/null || true
+        wait "$server_pid" 2> /dev/null || true
+        server_pid=
+    fi
+}
+trap stop_server EXIT
+
+wait_for() {
+    for _ in $(seq 200); do
+        if curl -fs "$1" > /dev/null 2>&1 || { [ "$1" = tcp ] && (exec 3<> /dev/tcp/127.0.0.1/9191) 2> /dev/null; }; then
+            return
+        fi
+        sleep 0.05
+    done
+    echo "$2 did not come up; see $out/$2.log" >&2
+    exit 1
+}
+
+allowed() {
+    curl -fs http://127.0.0.1:8181/metrics |
+        awk '/^arbiter_decisions_total\{result="allow"/ { n += $2 } END { print n + 0 }'
+}
+
+run_one() {
+    local name=$1
+    case $name in
+        bare)
+            target/release/examples/bare_ext_authz 127.0.0.1:9191 > "$out/$name.log" 2>&1 &
+            server_pid=$!
+            wait_for tcp "$name"
+            ;;
+        *)
+            target/release/arbiter serve --config "benches/h2load/$name.toml" > "$out/$name.log" 2>&1 &
+            server_pid=$!
+            wait_for http://127.0.0.1:8181/readyz "$name"
+            ;;
+    esac
+    local before=0
+    [ "$name" = bare ] || before=$(allowed)
+    h2load -c 8 -m 16 -t 1 -D "$seconds" --warm-up-time=2 \
+        -H 'content-type: application/grpc' -H 'te: trailers' \
+        -d "$out/$name.bin" \
+        http://127.0.0.1:9191/envoy.service.auth.v3.Authorization/Check > "$out/$name.txt"
+    local rate succeeded
+    rate=$(awk '/^finished in/ { gsub(",", "", $4); print $4 }' "$out/$name.txt")
+    succeeded=$(awk '/^requests:/ { print $8 }' "$out/$name.txt")
+    if [ "$name" != bare ]; then
+        local after
+        after=$(allowed)
+        # Warm-up requests are decided too: at least every measured one was allowed.
+        if [ $((after - before)) -lt "$succeeded" ]; then
+            echo "$name: $succeeded requests but only $((after - before)) allowed decisions" >&2
+            exit 1
+        fi
+    fi
+    stop_server
+    echo "$name $rate"
+}
+
+: > "$out/runs.txt"
+for round in $(seq "$rounds"); do
+    for name in bare allow zero-trust library; do
+        run_one "$name" | tee -a "$out/runs.txt"
+    done
+    echo "-- round $round done" >&2
+done
+
+python3 - "$out/runs.txt" << 'PY'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    name, rate = line.split()
+    runs.setdefault(name, []).append(float(rate))
+bare = statistics.median(runs["bare"])
+print(f"{'target':12} {'median req/s':>12} {'of bare':>8}   runs")
+for name in ["bare", "allow", "zero-trust", "library"]:
+    rates = runs.get(name, [])
+    if not rates:
+        continue
+    median = statistics.median(rates)
+    print(f"{name:12} {median:12,.0f} {median / bare:8.2f}   {' / '.join(f'{r:,.0f}' for r in rates)}")
+PY
