@@ -19,6 +19,96 @@ use crate::proto::auth::AttributeContext;
 use crate::proto::auth::attribute_context::{HttpRequest, Peer, Request, TlsSession};
 use crate::proto::core::{Address, HeaderMap, Metadata, address, socket_address};
 
+/// The parts of the input document a policy set can read: a tree of keys,
+/// each either read whole or only in some of its own keys. Built from the
+/// policies (`policy` finds them); the document is built only that far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InputPaths {
+    whole: bool,
+    children: BTreeMap<String, InputPaths>,
+}
+
+static ALL: InputPaths = InputPaths {
+    whole: true,
+    children: BTreeMap::new(),
+};
+
+impl InputPaths {
+    /// The whole document.
+    pub fn all() -> Self {
+        ALL.clone()
+    }
+
+    pub fn is_all(&self) -> bool {
+        self.whole
+    }
+
+    /// Marks `path` (keys from the root) as read whole.
+    pub fn add(&mut self, path: &[String]) {
+        if self.whole {
+            return;
+        }
+        match path.split_first() {
+            None => {
+                self.whole = true;
+                self.children.clear();
+            }
+            Some((key, rest)) => self.children.entry(key.clone()).or_default().add(rest),
+        }
+    }
+
+    /// What is read under `key`, if anything.
+    pub fn get(&self, key: &str) -> Option<&InputPaths> {
+        if self.whole {
+            Some(&ALL)
+        } else {
+            self.children.get(key)
+        }
+    }
+
+    /// A document cut down to these paths, as far as it is made of
+    /// objects: what a policy that reads only these paths can see of it.
+    /// For comparing decisions on whole and partial documents.
+    pub fn project(&self, value: &Value) -> Value {
+        if self.whole {
+            return value.clone();
+        }
+        let Ok(fields) = value.as_object() else {
+            return value.clone();
+        };
+        let kept: BTreeMap<Value, Value> = fields
+            .iter()
+            .filter_map(|(key, value)| {
+                let child = self.children.get(key.as_string().ok()?.as_ref())?;
+                Some((key.clone(), child.project(value)))
+            })
+            .collect();
+        Value::from(kept)
+    }
+
+    /// Every path read whole, dotted, sorted (for logs and tests).
+    pub fn paths(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        self.collect("", &mut out);
+        out
+    }
+
+    fn collect(&self, prefix: &str, out: &mut Vec<String>) {
+        if self.whole {
+            out.push(prefix.to_owned());
+            return;
+        }
+        for (key, child) in &self.children {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            child.collect(&path, out);
+        }
+    }
+}
+
 /// Builds the input document for one request: the request, and the
 /// caller's verified identity (`identity`, `null` when there is none; a
 /// rejected token that its provider hands to the policy also sets
@@ -27,27 +117,55 @@ use crate::proto::core::{Address, HeaderMap, Metadata, address, socket_address};
 /// `device` is the verified device posture, with the device's entry from the
 /// inventory (`inventory`, keyed by device ID) when one is configured.
 pub fn build(ctx: &RequestContext, identity: &Identity, inventory: Option<&Value>) -> Value {
+    build_reading(ctx, identity, inventory, &ALL)
+}
+
+/// As [`build`], but only the parts in `reads`: what a policy cannot read
+/// is never built. For any path in `reads`, the document holds exactly
+/// what [`build`] would.
+pub fn build_reading(
+    ctx: &RequestContext,
+    identity: &Identity,
+    inventory: Option<&Value>,
+    reads: &InputPaths,
+) -> Value {
+    let wants = |key: &str| reads.get(key).is_some();
     let mut doc = Obj::new();
-    doc.insert("device", device(&identity.device, inventory));
+    if wants("device") {
+        doc.insert("device", device(&identity.device, inventory));
+    }
     match &identity.user {
-        Authentication::Verified(token) => doc.insert("identity", token.document().clone()),
+        Authentication::Verified(token) if wants("identity") => {
+            doc.insert("identity", token.document().clone());
+        }
+        Authentication::Verified(_) => {}
         Authentication::Anonymous => doc.insert("identity", Value::Null),
         Authentication::Rejected { error, .. } => {
             doc.insert("identity", Value::Null);
             doc.insert("identity_error", Value::from(error.label()));
         }
     }
-    doc.insert("attributes", attributes(&ctx.attributes));
-    doc.insert("source", source(ctx));
-    doc.insert("destination", destination(ctx));
-    let segments: Vec<Value> = ctx
-        .path
-        .segments
-        .iter()
-        .map(|s| Value::from(s.as_str()))
-        .collect();
-    doc.insert("parsed_path", Value::from(segments));
-    doc.insert("parsed_query", query_to_value(&ctx.query));
+    if let Some(part) = reads.get("attributes") {
+        doc.insert("attributes", attributes_reading(&ctx.attributes, part));
+    }
+    if wants("source") {
+        doc.insert("source", source(ctx));
+    }
+    if wants("destination") {
+        doc.insert("destination", destination(ctx));
+    }
+    if wants("parsed_path") {
+        let segments: Vec<Value> = ctx
+            .path
+            .segments
+            .iter()
+            .map(|s| Value::from(s.as_str()))
+            .collect();
+        doc.insert("parsed_path", Value::from(segments));
+    }
+    if wants("parsed_query") {
+        doc.insert("parsed_query", query_to_value(&ctx.query));
+    }
     let (parsed, truncated) = match &ctx.body {
         ParsedBody::Parsed(value) => (value.clone(), false),
         ParsedBody::Truncated => (Value::Null, true),
@@ -57,12 +175,16 @@ pub fn build(ctx: &RequestContext, identity: &Identity, inventory: Option<&Value
             (Value::Null, false)
         }
     };
-    doc.insert("parsed_body", parsed);
+    if wants("parsed_body") {
+        doc.insert("parsed_body", parsed);
+    }
     doc.insert("truncated_body", Value::from(truncated));
-    let mut version = Obj::new();
-    version.insert("ext_authz", Value::from("v3"));
-    version.insert("encoding", Value::from("protojson"));
-    doc.insert("version", version.into_value());
+    if wants("version") {
+        let mut version = Obj::new();
+        version.insert("ext_authz", Value::from("v3"));
+        version.insert("encoding", Value::from("protojson"));
+        doc.insert("version", version.into_value());
+    }
     doc.into_value()
 }
 
@@ -201,6 +323,115 @@ fn principal(p: Option<&crate::context::Principal>) -> Value {
             o.insert("namespace", Value::from(ns));
             o.insert("service_account", Value::from(sa));
         }
+    }
+    o.into_value()
+}
+
+/// `attributes`, only as far as `reads` goes: the request's HTTP part key by
+/// key (headers name by name), the other parts whole.
+fn attributes_reading(attrs: &AttributeContext, reads: &InputPaths) -> Value {
+    if reads.is_all() {
+        return attributes(attrs);
+    }
+    let mut o = Obj::new();
+    if let Some(request) = &attrs.request
+        && let Some(part) = reads.get("request")
+    {
+        let mut r = Obj::new();
+        if let Some(t) = &request.time
+            && part.get("time").is_some()
+        {
+            r.insert("time", Value::from(rfc3339(t.seconds, t.nanos)));
+        }
+        if let Some(http) = &request.http
+            && let Some(part) = part.get("http")
+        {
+            r.insert("http", http_reading(http, part));
+        }
+        o.insert("request", r.into_value());
+    }
+    let wants = |key: &str| reads.get(key).is_some();
+    if wants("source") {
+        o.opt("source", attrs.source.as_ref().map(peer));
+    }
+    if wants("destination") {
+        o.opt("destination", attrs.destination.as_ref().map(peer));
+    }
+    if wants("contextExtensions") {
+        o.string_map("contextExtensions", &attrs.context_extensions);
+    }
+    if wants("metadataContext") {
+        o.opt(
+            "metadataContext",
+            attrs.metadata_context.as_ref().map(metadata),
+        );
+    }
+    if wants("routeMetadataContext") {
+        o.opt(
+            "routeMetadataContext",
+            attrs.route_metadata_context.as_ref().map(metadata),
+        );
+    }
+    if wants("tlsSession") {
+        o.opt("tlsSession", attrs.tls_session.as_ref().map(tls_session));
+    }
+    o.into_value()
+}
+
+fn http_reading(h: &HttpRequest, reads: &InputPaths) -> Value {
+    if reads.is_all() {
+        return http_request(h);
+    }
+    let mut o = Obj::new();
+    if let Some(names) = reads.get("headers")
+        && !h.headers.is_empty()
+    {
+        let object: BTreeMap<Value, Value> = if names.is_all() {
+            h.headers
+                .iter()
+                .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())))
+                .collect()
+        } else {
+            names
+                .children
+                .keys()
+                .filter_map(|name| {
+                    h.headers
+                        .get(name)
+                        .map(|v| (Value::from(name.as_str()), Value::from(v.as_str())))
+                })
+                .collect()
+        };
+        o.insert("headers", Value::from(object));
+    }
+    let wants = |key: &str| reads.get(key).is_some();
+    if wants("id") {
+        o.string("id", &h.id);
+    }
+    if wants("method") {
+        o.string("method", &h.method);
+    }
+    if wants("headerMap") {
+        o.opt("headerMap", h.header_map.as_ref().map(header_map));
+    }
+    for (key, value) in [
+        ("path", &h.path),
+        ("host", &h.host),
+        ("scheme", &h.scheme),
+        ("query", &h.query),
+        ("fragment", &h.fragment),
+        ("protocol", &h.protocol),
+        ("body", &h.body),
+    ] {
+        if wants(key) {
+            o.string(key, value);
+        }
+    }
+    if wants("size") && h.size != 0 {
+        o.insert("size", Value::from(h.size.to_string()));
+    }
+    if wants("rawBody") {
+        o.bytes("rawBody", &h.raw_body);
     }
     o.into_value()
 }

@@ -155,6 +155,14 @@ fn check(config: Option<&Path>, paths: Vec<PathBuf>) -> anyhow::Result<ExitCode>
         config.policy.decision,
         engine.engine
     );
+    let reads = policies.reads();
+    if reads.is_all() {
+        println!("reads: the whole input document");
+    } else if reads.paths().is_empty() {
+        println!("reads: nothing of the input document");
+    } else {
+        println!("reads: {}", reads.paths().join(", "));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

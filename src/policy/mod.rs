@@ -9,6 +9,7 @@ pub mod bundle;
 mod nesting;
 mod net;
 mod outcome;
+mod reads;
 pub mod reload;
 mod rvm;
 
@@ -157,6 +158,8 @@ pub struct PolicySet {
     /// Why the decision runs on the interpreter, when it does from the start.
     interpreter_reason: Option<String>,
     verifier: Verifier,
+    /// The parts of the input document the policies can read.
+    reads: crate::input::InputPaths,
     eval_timeout: std::time::Duration,
     files: Vec<PathBuf>,
     /// Each policy file (as the engine names it) with its package (`data.a.b`).
@@ -310,6 +313,17 @@ impl PolicySet {
 
         let rule = config.decision.rule_ref();
         let lookup = prepare(&mut engine, &rule, &config.decision, &packages)?;
+        let reads = match engine.get_ast_as_json() {
+            Ok(ast) => reads::analyze(
+                &ast,
+                &sources
+                    .rego
+                    .iter()
+                    .map(|(p, t)| (p.as_path(), t.as_str()))
+                    .collect::<Vec<_>>(),
+            ),
+            Err(_) => crate::input::InputPaths::all(),
+        };
         let package_import = rvm::package_import(
             sources.rego.iter().map(|(p, t)| (p.as_path(), t.as_str())),
             &packages,
@@ -346,6 +360,7 @@ impl PolicySet {
             rvm,
             interpreter_reason,
             verifier: Verifier::default(),
+            reads,
             eval_timeout: config.eval_timeout,
             files,
             packages,
@@ -354,6 +369,12 @@ impl PolicySet {
 
     pub fn revision(&self) -> &Revision {
         &self.revision
+    }
+
+    /// The parts of the input document these policies can read: only those
+    /// need building.
+    pub fn reads(&self) -> &crate::input::InputPaths {
+        &self.reads
     }
 
     /// The data document at a path of keys (`Undefined` where there is none).

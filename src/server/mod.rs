@@ -189,10 +189,18 @@ impl Shared {
                     user: authentication.clone(),
                     device,
                 };
-                let input = crate::input::build(&ctx, &identity, inventory.as_ref());
-                if keep_input {
-                    kept_input = Some(input.clone());
-                }
+                let input = if keep_input {
+                    let full = crate::input::build(&ctx, &identity, inventory.as_ref());
+                    kept_input = Some(full.clone());
+                    full
+                } else {
+                    crate::input::build_reading(
+                        &ctx,
+                        &identity,
+                        inventory.as_ref(),
+                        policies.reads(),
+                    )
+                };
                 let eval_started = Instant::now();
                 let evaluation = policies.evaluate_decision(input);
                 eval = eval_started.elapsed();
