@@ -210,7 +210,11 @@ impl Sink {
 
     /// Writes every line queued now; returns how many, and whether the
     /// log is closed (its last sender dropped).
-    fn drain(&mut self, lines: &std::sync::mpsc::Receiver<DecisionLine>, buf: &mut Vec<u8>) -> (u64, bool) {
+    fn drain(
+        &mut self,
+        lines: &std::sync::mpsc::Receiver<DecisionLine>,
+        buf: &mut Vec<u8>,
+    ) -> (u64, bool) {
         use std::sync::mpsc::TryRecvError;
         let mut written = 0;
         let closed = loop {
@@ -270,7 +274,11 @@ impl DecisionLog {
     /// The decision log, with its writer thread: formatting and writing a
     /// line happen there, so a decision never waits for the log.
     pub fn new(config: &LogConfig) -> Self {
-        let (queue, lines) = std::sync::mpsc::sync_channel::<DecisionLine>(DECISION_QUEUE);
+        Self::with_queue(config, DECISION_QUEUE)
+    }
+
+    fn with_queue(config: &LogConfig, capacity: usize) -> Self {
+        let (queue, lines) = std::sync::mpsc::sync_channel::<DecisionLine>(capacity);
         let pending = std::sync::Arc::new(AtomicU64::new(0));
         let written = std::sync::Arc::clone(&pending);
         let mut sink = Sink::open(config);
@@ -731,6 +739,81 @@ mod tests {
             http_status: None,
             error: None,
             dry_run: false,
+        }
+    }
+
+    fn summary() -> RequestSummary<'static> {
+        RequestSummary {
+            revision: "r",
+            method: "GET",
+            path: "/",
+            ..RequestSummary::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_decision_log_drops_and_counts_lines_and_never_waits() {
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let sink = std::sync::Arc::clone(&logs);
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || SharedBuf(std::sync::Arc::clone(&sink)))
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let config = LogConfig {
+            decision_file: Some(
+                std::env::temp_dir().join(format!("arbiter-decisions-{}.log", std::process::id())),
+            ),
+            ..LogConfig::default()
+        };
+        // No room at all: every line is dropped, and counted.
+        let full = DecisionLog::with_queue(&config, 0);
+        for _ in 0..3 {
+            full.write(
+                &record(false, Some(DenyReason::Undefined)),
+                &summary(),
+                Duration::ZERO,
+                Duration::ZERO,
+            );
+        }
+        assert_eq!(full.dropped(), 3);
+        // With room, lines are written and nothing is dropped.
+        let log = DecisionLog::with_queue(&config, 16);
+        for _ in 0..3 {
+            log.write(
+                &record(false, Some(DenyReason::Undefined)),
+                &summary(),
+                Duration::ZERO,
+                Duration::ZERO,
+            );
+        }
+        log.flush(Duration::from_secs(5)).await;
+        assert_eq!(log.dropped(), 0);
+        let path = config.decision_file.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines.iter().all(|l| l["target"] == DECISION_TARGET
+            && l["result"] == "deny"
+            && l["reason"] == "policy_undefined"
+            && l["timestamp"].as_str().is_some_and(|t| t.ends_with('Z'))));
+    }
+
+    struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for SharedBuf {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut out) = self.0.lock() {
+                out.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
         }
     }
 

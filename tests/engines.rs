@@ -92,7 +92,8 @@ impl Engines {
         let projected = self.vm.reads().project(input);
         let partial = answer(self.vm.vm_value(projected.clone()).expect("on the VM"));
         assert_eq!(
-            partial, plain,
+            partial,
+            plain,
             "{}: {what}: the decision changed on the input cut down to {:?}: {projected}",
             self.name,
             self.vm.reads().paths()
@@ -105,15 +106,14 @@ impl Engines {
     fn compare_built(&self, what: &str, request: &CheckRequest, whole: &Value) {
         let options = ParseOptions::from_config(&Config::default());
         let ctx = RequestContext::from_check(request.clone(), &options);
-        let mut built = arbiter::input::build_reading(
-            &ctx,
-            &Identity::anonymous(),
-            None,
-            self.vm.reads(),
-        );
+        let mut built =
+            arbiter::input::build_reading(&ctx, &Identity::anonymous(), None, self.vm.reads());
         for key in ["identity", "device"] {
             let value = whole[key].clone();
-            built.as_object_mut().unwrap().insert(Value::from(key), value);
+            built
+                .as_object_mut()
+                .unwrap()
+                .insert(Value::from(key), value);
         }
         assert_eq!(
             answer(self.vm.vm_value(built.clone()).unwrap()),
@@ -650,6 +650,9 @@ fn generated_requests_decide_the_same_on_both_engines() {
     let answers = answers.into_inner();
     for (set, at_least) in [("policies/", 6), ("v0 basic auth", 2)] {
         let distinct = answers.iter().filter(|a| a.starts_with(set)).count();
-        assert!(distinct >= at_least, "{set}: {distinct} answers: {answers:#?}");
+        assert!(
+            distinct >= at_least,
+            "{set}: {distinct} answers: {answers:#?}"
+        );
     }
 }
