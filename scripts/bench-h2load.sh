@@ -6,9 +6,12 @@
 #   allow       Arbiter, `allow := true`, no identity provider (benches/h2load/allow.toml)
 #   zero-trust  Arbiter, the zero-trust decision, RS256 token cached (benches/h2load/zero-trust.toml)
 #   library     Arbiter, the policy library in policies/, anonymous GET (benches/h2load/library.toml)
+#   zero-trust-interpreter, library-interpreter: the same two on the interpreter
 # in interleaved rounds, and reports each one's median and its ratio to the
 # bare server's median. Every decision must be an allow (read from
-# Arbiter's /metrics after each run), or the run is refused.
+# Arbiter's /metrics after each run), or the run is refused. Then the
+# zero-trust decision's latency at half its median rate (h2load --rps, each
+# request's time from --log-file): p50, p99, p99.9.
 #
 #   scripts/bench-h2load.sh [rounds=5] [seconds=10]
 #
@@ -34,7 +37,9 @@ target/release/arbiter-load frame --request benches/load/request.json \
     --tokens target/bench/tokens.txt --out "$out/zero-trust.bin"
 target/release/arbiter-load frame --request benches/load/request.json --out "$out/allow.bin"
 cp "$out/allow.bin" "$out/bare.bin"
+cp "$out/zero-trust.bin" "$out/zero-trust-interpreter.bin"
 target/release/arbiter-load frame --request benches/h2load/public.json --out "$out/library.bin"
+cp "$out/library.bin" "$out/library-interpreter.bin"
 
 # With RUST_BACKTRACE set, every error value regorus makes captures a backtrace.
 unset RUST_BACKTRACE RUST_LIB_BACKTRACE
@@ -103,7 +108,7 @@ run_one() {
 
 : > "$out/runs.txt"
 for round in $(seq "$rounds"); do
-    for name in bare allow zero-trust library; do
+    for name in bare allow zero-trust library zero-trust-interpreter library-interpreter; do
         run_one "$name" | tee -a "$out/runs.txt"
     done
     echo "-- round $round done" >&2
@@ -117,10 +122,30 @@ for line in open(sys.argv[1]):
     runs.setdefault(name, []).append(float(rate))
 bare = statistics.median(runs["bare"])
 print(f"{'target':12} {'median req/s':>12} {'of bare':>8}   runs")
-for name in ["bare", "allow", "zero-trust", "library"]:
+for name in ["bare", "allow", "zero-trust", "library", "zero-trust-interpreter", "library-interpreter"]:
     rates = runs.get(name, [])
     if not rates:
         continue
     median = statistics.median(rates)
     print(f"{name:12} {median:12,.0f} {median / bare:8.2f}   {' / '.join(f'{r:,.0f}' for r in rates)}")
+PY
+
+# Latency: the zero-trust decision at half its median rate, 8 clients each
+# at a fixed rate with up to 4 requests in flight.
+half=$(awk '$1 == "zero-trust" { print $2 }' "$out/runs.txt" | sort -n |
+    awk '{ r[NR] = $1 } END { printf "%d", r[int((NR + 1) / 2)] / 2 }')
+target/release/arbiter serve --config benches/h2load/zero-trust.toml > "$out/latency.log" 2>&1 &
+server_pid=$!
+wait_for http://127.0.0.1:8181/readyz latency
+rm -f "$out/latency.txt"
+h2load -c 8 -m 4 -t 1 --rps $((half / 8)) -D "$seconds" --warm-up-time=2 --log-file="$out/latency.txt" \
+    -H 'content-type: application/grpc' -H 'te: trailers' -d "$out/zero-trust.bin" \
+    http://127.0.0.1:9191/envoy.service.auth.v3.Authorization/Check > /dev/null
+stop_server
+python3 - "$out/latency.txt" "$half" << 'PY'
+import sys
+times = sorted(int(line.split()[2]) for line in open(sys.argv[1]) if line.strip())
+n = len(times)
+q = lambda p: times[min(n - 1, int(n * p))] / 1000
+print(f"zero-trust at {int(sys.argv[2]):,}/s: {n:,} requests, p50 {q(0.5):.2f} ms, p99 {q(0.99):.2f} ms, p99.9 {q(0.999):.2f} ms, max {times[-1] / 1000:.2f} ms")
 PY

@@ -467,6 +467,8 @@ pub struct Metrics {
     refusals: [AtomicU64; 17],
     /// Check calls received and not yet answered (waiting for a permit or deciding).
     in_flight: AtomicU64,
+    /// Allows without a reason, the common case: counted without the lock.
+    allowed: AtomicU64,
     /// Decisions the bytecode VM failed and the interpreter made.
     rvm_fallbacks: AtomicU64,
     /// Checked decisions where the VM and the interpreter disagreed.
@@ -511,6 +513,12 @@ impl Metrics {
     }
 
     pub fn record_decision(&self, record: &DecisionRecord, total: Duration, eval: Duration) {
+        self.decision_latency.observe(total);
+        self.eval_latency.observe(eval);
+        if record.allowed && record.deny_reason.is_none() {
+            self.allowed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let reason = record
             .deny_reason
             .as_ref()
@@ -528,8 +536,6 @@ impl Metrics {
                 counts.insert(reason.to_owned(), 1);
             }
         }
-        self.decision_latency.observe(total);
-        self.eval_latency.observe(eval);
     }
 
     /// The metrics in Prometheus' text exposition format.
@@ -537,6 +543,13 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP arbiter_decisions_total Decisions made, by result and deny reason.\n");
         out.push_str("# TYPE arbiter_decisions_total counter\n");
+        let allowed = self.allowed.load(Ordering::Relaxed);
+        if allowed > 0 {
+            let _ = writeln!(
+                out,
+                "arbiter_decisions_total{{result=\"allow\",reason=\"\"}} {allowed}"
+            );
+        }
         if let Ok(decisions) = self.decisions.lock() {
             let by_result = ["deny", "allow"].iter().zip(decisions.iter());
             for (result, reason, count) in by_result

@@ -85,9 +85,13 @@ impl CompiledDecision {
             .iter()
             .map(|(name, arity, _)| (*name, *arity))
             .collect();
-        let program =
+        // The VM compiler is young: should it panic on some policy, that
+        // policy runs on the interpreter instead of failing the load.
+        let program = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             Compiler::compile_from_policy_with_host_await(&compiled, &[rule], &host_builtins)
-                .map_err(|e| one_line(&e.to_string()))?;
+        }))
+        .map_err(|_| "the bytecode VM compiler failed on this policy".to_owned())?
+        .map_err(|e| one_line(&e.to_string()))?;
         let decision = Self {
             id: NEXT_PROGRAM_ID.fetch_add(1, Ordering::Relaxed),
             suspendable: program.has_host_await(),
@@ -142,9 +146,16 @@ impl CompiledDecision {
                 }
             };
             vm.set_input(input);
-            let result = self.run(vm);
-            // The input may be large (a body): not kept until the next request.
-            vm.set_input(Value::Null);
+            // A panic inside the VM is an error for this request (the
+            // interpreter decides it), and the VM is made anew.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(vm)))
+                .unwrap_or_else(|_| Err(RvmError::Vm("the bytecode VM panicked".into())));
+            if result.is_err() {
+                *slot = None;
+            } else {
+                // The input may be large (a body): not kept until the next request.
+                vm.set_input(Value::Null);
+            }
             result
         })
     }
