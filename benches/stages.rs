@@ -177,6 +177,10 @@ fn stages(c: &mut Criterion) {
         PolicySet::load(&config).unwrap()
     };
     assert!(zero_trust.decide(input.clone()).unwrap().allowed());
+    // Only what the zero-trust policy reads (six paths and one header).
+    group.bench_function("build_input_zero_trust_reads", |b| {
+        b.iter(|| arbiter::input::build_reading(&ctx, &identity, None, zero_trust.reads()));
+    });
     group.bench_function("evaluate_zero_trust_policy", |b| {
         b.iter(|| zero_trust.decide(input.clone()).unwrap());
     });

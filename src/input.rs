@@ -148,8 +148,8 @@ pub fn build_reading(
     if let Some(part) = reads.get("attributes") {
         doc.insert("attributes", attributes_reading(&ctx.attributes, part));
     }
-    if wants("source") {
-        doc.insert("source", source(ctx));
+    if let Some(part) = reads.get("source") {
+        doc.insert("source", source(ctx, part));
     }
     if wants("destination") {
         doc.insert("destination", destination(ctx));
@@ -256,29 +256,42 @@ fn device(posture: &DevicePosture, inventory: Option<&Value>) -> Value {
 
 /// `source`: the peer Envoy saw, the client address believed through
 /// trusted proxies, the raw `X-Forwarded-For` chain and the peer's principal.
-fn source(ctx: &RequestContext) -> Value {
+fn source(ctx: &RequestContext, reads: &InputPaths) -> Value {
     let s = &ctx.source;
+    let wants = |key: &str| reads.get(key).is_some();
     let mut o = Obj::new();
-    o.insert(
-        "address",
-        s.peer.map_or(Value::Null, |ip| Value::from(ip.to_string())),
-    );
-    o.insert("port", s.peer_port.map_or(Value::Null, Value::from));
-    o.insert(
-        "ip",
-        s.ip.map_or(Value::Null, |ip| Value::from(ip.to_string())),
-    );
-    o.insert(
-        "forwarded_for",
-        Value::from(
-            s.forwarded_for
-                .iter()
-                .map(|e| Value::from(e.as_str()))
-                .collect::<Vec<_>>(),
-        ),
-    );
-    o.insert("trusted_hops", Value::from(s.trusted_hops));
-    o.insert("principal", principal(ctx.source_principal.as_ref()));
+    if wants("address") {
+        o.insert(
+            "address",
+            s.peer.map_or(Value::Null, |ip| Value::from(ip.to_string())),
+        );
+    }
+    if wants("port") {
+        o.insert("port", s.peer_port.map_or(Value::Null, Value::from));
+    }
+    if wants("ip") {
+        o.insert(
+            "ip",
+            s.ip.map_or(Value::Null, |ip| Value::from(ip.to_string())),
+        );
+    }
+    if wants("forwarded_for") {
+        o.insert(
+            "forwarded_for",
+            Value::from(
+                s.forwarded_for
+                    .iter()
+                    .map(|e| Value::from(e.as_str()))
+                    .collect::<Vec<_>>(),
+            ),
+        );
+    }
+    if wants("trusted_hops") {
+        o.insert("trusted_hops", Value::from(s.trusted_hops));
+    }
+    if wants("principal") {
+        o.insert("principal", principal(ctx.source_principal.as_ref()));
+    }
     o.into_value()
 }
 
