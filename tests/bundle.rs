@@ -445,6 +445,13 @@ fn hostile_and_unsupported_archives_are_refused() {
             .unwrap_err()
             .contains("do not permit 'package other'")
     );
+    // A path that climbs out of the bundle is refused, not read.
+    let escape = tar_gz(&[(
+        "envoy/../../etc/p.rego",
+        b"package envoy.authz\nallow := true\n",
+    )]);
+    let err = read(&escape, 1 << 20).unwrap_err();
+    assert!(err.contains("../../etc/p.rego"), "{err}");
     let overlapping = tar_gz(&[(".manifest", br#"{"roots":["a/b","a"]}"#)]);
     assert!(
         read(&overlapping, 1 << 20)

@@ -238,16 +238,7 @@ fn the_opa_compatibility_policies_decide_the_same_on_both_engines() {
     )
     .expect("the JWT tutorial runs on the VM, its built-in answered by Arbiter");
     let hs256 = |secret: &str, role: &str, exp_offset: i64| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
-        jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-            &serde_json::json!({"role": role, "sub": "YWxpY2U", "nbf": now - 60, "exp": now + exp_offset}),
-            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-        )
-        .unwrap()
+        common::hs256(secret, role, "YWxpY2U", exp_offset)
     };
     for (what, method, path, token, body, allowed) in [
         (

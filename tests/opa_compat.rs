@@ -302,19 +302,6 @@ allow := {"allowed": true, "dynamic_metadata": {"input": input}}
 /// `io.jwt.decode_verify`, roles from claims, the body checked on POST.
 const V0_JWT_TUTORIAL: &str = include_str!("opa/v0_jwt_tutorial.rego");
 
-fn hs256(secret: &str, role: &str, sub: &str, exp_offset: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &serde_json::json!({"role": role, "sub": sub, "nbf": now - 60, "exp": now + exp_offset}),
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
-
 #[tokio::test]
 async fn jwt_tutorial_policy_verifies_tokens_in_rego() {
     let arbiter = TestArbiter::start(

@@ -153,6 +153,28 @@ async fn a_broken_reload_keeps_the_old_set_and_says_why() {
     arbiter.running.shutdown().await;
 }
 
+/// An Arbiter whose one provider reads its keys from a file (reloaded every
+/// 20 ms), holding `key` at first; the policy allows any verified caller.
+async fn with_jwks_file(
+    key: &arbiter::identity::test_keys::TestKey,
+    extra: &str,
+) -> (TestArbiter, tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("jwks.json");
+    std::fs::write(
+        &keys,
+        arbiter::identity::test_keys::jwks(&[key]).to_string(),
+    )
+    .unwrap();
+    let toml = format!(
+        "[policy]\nreload_interval = \"20ms\"\n[[identity.jwt]]\nname = \"idp\"\nissuer = \"https://idp.test\"\naudiences = [\"api\"]\njwks_file = \"{}\"\n{extra}",
+        keys.display()
+    );
+    let policy = "package envoy.authz\nallow := input.identity != null\n";
+    let arbiter = TestArbiter::start(&[("p.rego", policy)], &toml).await;
+    (arbiter, dir, keys)
+}
+
 #[tokio::test]
 async fn jwks_files_are_reloaded_and_garbage_is_refused() {
     use arbiter::identity::test_keys::{TestKey, jwks};
@@ -160,15 +182,7 @@ async fn jwks_files_are_reloaded_and_garbage_is_refused() {
     // The IdP reuses the kid for its new key: only the key itself tells them apart.
     let old = TestKey::generate("k", Algorithm::ES256).unwrap();
     let new = TestKey::generate("k", Algorithm::ES256).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("jwks.json");
-    std::fs::write(&keys, jwks(&[&old]).to_string()).unwrap();
-    let toml = format!(
-        "[policy]\nreload_interval = \"20ms\"\n[[identity.jwt]]\nname = \"idp\"\nissuer = \"https://idp.test\"\naudiences = [\"api\"]\njwks_file = \"{}\"\nkid_miss_min_interval = \"1h\"\n",
-        keys.display()
-    );
-    let policy = "package envoy.authz\nallow := input.identity != null\n";
-    let arbiter = TestArbiter::start(&[("p.rego", policy)], &toml).await;
+    let (arbiter, _dir, keys) = with_jwks_file(&old, "kid_miss_min_interval = \"1h\"\n").await;
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -225,15 +239,7 @@ async fn a_cached_token_without_kid_stops_passing_when_its_key_is_withdrawn() {
     use jsonwebtoken::Algorithm;
     let old = TestKey::generate("k", Algorithm::ES256).unwrap();
     let new = TestKey::generate("k", Algorithm::ES256).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("jwks.json");
-    std::fs::write(&keys, jwks(&[&old]).to_string()).unwrap();
-    let toml = format!(
-        "[policy]\nreload_interval = \"20ms\"\n[[identity.jwt]]\nname = \"idp\"\nissuer = \"https://idp.test\"\naudiences = [\"api\"]\njwks_file = \"{}\"\n",
-        keys.display()
-    );
-    let policy = "package envoy.authz\nallow := input.identity != null\n";
-    let arbiter = TestArbiter::start(&[("p.rego", policy)], &toml).await;
+    let (arbiter, _dir, keys) = with_jwks_file(&old, "").await;
     // No kid in the header: the only fitting key verifies it.
     let token = token_with_kid(&old, None, "https://idp.test");
     let request = http_request(

@@ -283,3 +283,18 @@ pub fn token_with_kid(
     )
     .unwrap()
 }
+
+/// An HS256 token as the OPA Envoy tutorial makes them: `role`, `sub`, and
+/// `nbf`/`exp` around now (`exp_offset` seconds from now).
+pub fn hs256(secret: &str, role: &str, sub: &str, exp_offset: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"role": role, "sub": sub, "nbf": now - 60, "exp": now + exp_offset}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
