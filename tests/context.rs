@@ -76,6 +76,11 @@ async fn x_forwarded_for_is_believed_only_through_trusted_proxies() {
         ("::ffff:10.0.0.2", Some("2001:db8::1"), "2001:db8::1"),
         ("fd00::5", Some("[2001:db8::9]:4711"), "2001:db8::9"),
         ("10.0.0.2", None, "10.0.0.2"),
+        // What does not parse ends the walk: an empty entry (a trailing or
+        // doubled comma) is not skipped to believe what the client wrote.
+        ("10.0.0.2", Some("6.6.6.6,"), "10.0.0.2"),
+        ("10.0.0.2", Some("6.6.6.6,, 10.0.0.3"), "10.0.0.3"),
+        ("10.0.0.2", Some("6.6.6.6, _hidden, 10.0.0.3"), "10.0.0.3"),
     ];
     for (peer, xff, want) in cases {
         let headers: Vec<(&str, &str)> = xff.iter().map(|v| ("x-forwarded-for", *v)).collect();

@@ -52,27 +52,30 @@ fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
 /// Resolves the client address. The walk starts at the peer: while the
 /// current hop is a trusted proxy, the entry to its left in
 /// `X-Forwarded-For` is what that proxy saw, and becomes the next hop. It
-/// stops at the first untrusted hop, or at an entry that does not parse
-/// (never believed: the last trusted hop is the answer then).
+/// stops at the first untrusted hop, or at an entry that is empty or does
+/// not parse (a trailing or doubled comma, an obfuscated identifier,
+/// garbage): nothing left of it was written by a trusted hop, so the last
+/// trusted hop is the answer then.
 pub fn resolve(
     peer: Option<IpAddr>,
     peer_port: Option<u32>,
     xff: Option<&str>,
     trusted: &[IpNet],
 ) -> Source {
-    let forwarded_for: Vec<String> = xff
-        .map(|h| {
-            h.split(',')
-                .map(|e| e.trim().to_owned())
-                .filter(|e| !e.is_empty())
-                .collect()
-        })
+    let entries: Vec<&str> = xff
+        .map(|h| h.split(',').map(str::trim).collect())
         .unwrap_or_default();
+    // What the policy sees: the entries as received, empty ones left out.
+    let forwarded_for: Vec<String> = entries
+        .iter()
+        .filter(|e| !e.is_empty())
+        .map(|e| (*e).to_owned())
+        .collect();
     let peer = peer.map(canonical);
     let mut ip = peer;
     let mut trusted_hops = 0;
     if let Some(mut current) = peer {
-        for entry in forwarded_for.iter().rev() {
+        for entry in entries.iter().rev() {
             if !is_trusted(current, trusted) {
                 break;
             }
@@ -153,6 +156,40 @@ mod tests {
             client("10.0.0.2", Some("\u{0}\u{ffff}"), &trusted),
             "10.0.0.2"
         );
+    }
+
+    /// Walking from the right, an entry that is empty or does not parse
+    /// ends the walk: nothing left of it was written by a trusted hop.
+    #[test]
+    fn what_does_not_parse_ends_the_walk() {
+        let trusted = ["10.0.0.0/8", "fd00::/8"];
+        let long = format!("{}1.2.3.4", "0".repeat(200));
+        let cases: [(&str, &str); 15] = [
+            // Trailing, doubled and leading commas.
+            ("6.6.6.6,", "10.0.0.2"),
+            ("6.6.6.6, ", "10.0.0.2"),
+            ("6.6.6.6,,10.0.0.3", "10.0.0.3"),
+            ("6.6.6.6, ,10.0.0.3", "10.0.0.3"),
+            (",198.51.100.7", "198.51.100.7"),
+            (",10.0.0.3", "10.0.0.3"),
+            // Spaces around entries are not entries.
+            ("  198.51.100.7  ", "198.51.100.7"),
+            // Obfuscated identifiers (RFC 7239 style) and garbage.
+            ("6.6.6.6, _hidden, 10.0.0.3", "10.0.0.3"),
+            ("6.6.6.6, unknown", "10.0.0.2"),
+            ("6.6.6.6, 1.2.3.4:notaport", "10.0.0.2"),
+            // IPv6 with and without brackets and ports.
+            ("6.6.6.6, [2001:db8::1]:80", "2001:db8::1"),
+            ("6.6.6.6, [2001:db8::1]", "2001:db8::1"),
+            ("6.6.6.6, 2001:db8::1", "2001:db8::1"),
+            ("6.6.6.6, [2001:db8::1", "10.0.0.2"),
+            // Oversized.
+            ("6.6.6.6, LONG", "10.0.0.2"),
+        ];
+        for (xff, want) in cases {
+            let xff = xff.replace("LONG", &long);
+            assert_eq!(client("10.0.0.2", Some(&xff), &trusted), want, "{xff:?}");
+        }
     }
 
     #[test]
