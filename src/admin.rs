@@ -90,6 +90,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let mut text = shared.metrics.render(&revision, shared.is_ready());
     crate::telemetry::render_engine(&mut text, &policies.engine_status());
     crate::telemetry::render_decision_log(&mut text, &shared.decision_log);
+    shared.lane.render(&mut text);
     crate::telemetry::render_identity(&mut text, &shared.authenticator);
     crate::telemetry::render_reloads(&mut text, "policy", &shared.reload_status);
     crate::telemetry::render_reloads(&mut text, "tls", &shared.tls_reload_status);

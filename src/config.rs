@@ -157,6 +157,39 @@ pub struct ServerConfig {
     /// the deny reaches Envoy before Envoy gives up).
     #[serde(with = "humantime_serde")]
     pub decision_timeout: Duration,
+    /// The slow lane: OS threads of its own for the evaluations and body
+    /// parsing that would hold up the async workers.
+    pub slow_lane: SlowLaneConfig,
+}
+
+/// Evaluations that are not done within `inline_budget`, and bodies of
+/// `body_bytes` or more, continue on a bounded pool of threads of their
+/// own, so a slow or hostile request never stalls the quick ones.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlowLaneConfig {
+    /// How long a decision may evaluate on an async worker before it is
+    /// evaluated again in the slow lane, with what remains of `eval_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub inline_budget: Duration,
+    /// Threads of the slow lane: at most this many slow evaluations at once.
+    pub threads: usize,
+    /// Slow work waiting for a thread; past it a request is denied at once
+    /// with `overloaded` (503).
+    pub queue: usize,
+    /// Bodies at least this large are parsed in the slow lane.
+    pub body_bytes: usize,
+}
+
+impl Default for SlowLaneConfig {
+    fn default() -> Self {
+        Self {
+            inline_budget: Duration::from_millis(2),
+            threads: 2,
+            queue: 64,
+            body_bytes: 64 * 1024,
+        }
+    }
 }
 
 /// TLS for the gRPC listener, with rustls.
@@ -180,6 +213,7 @@ impl Default for ServerConfig {
             tls: None,
             max_concurrent_decisions: 1024,
             decision_timeout: Duration::from_millis(200),
+            slow_lane: SlowLaneConfig::default(),
         }
     }
 }
@@ -839,6 +873,18 @@ impl Config {
                     message: "must be at least 1s".into(),
                 });
             }
+        }
+        if self.server.slow_lane.inline_budget.is_zero() {
+            return Err(ConfigError::Invalid {
+                path: "server.slow_lane.inline_budget".into(),
+                message: "must be greater than zero".into(),
+            });
+        }
+        if self.server.slow_lane.threads == 0 {
+            return Err(ConfigError::Invalid {
+                path: "server.slow_lane.threads".into(),
+                message: "must be at least 1".into(),
+            });
         }
         if self.policy.eval_timeout.is_zero() {
             return Err(ConfigError::Invalid {

@@ -335,8 +335,11 @@ allow if {
   false
 }
 "#;
-    let arbiter =
-        TestArbiter::start(&[("p.rego", policy)], "[policy]\neval_timeout = \"200ms\"").await;
+    let arbiter = TestArbiter::start(
+        &[("p.rego", policy)],
+        "[server]\ndecision_timeout = \"10s\"\n[policy]\neval_timeout = \"200ms\"",
+    )
+    .await;
     // Too big to compile, or not a pattern: the built-in fails, the rule is
     // undefined, the default denies.
     for pattern in ["((a{100}){100}){100}", "(", "a{4294967295}"] {

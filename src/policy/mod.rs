@@ -260,10 +260,7 @@ impl PolicySet {
         let mut engine = Engine::new();
         engine.set_rego_v0(rego_version == RegoVersion::V0);
         engine.set_strict_builtin_errors(config.strict_builtin_errors);
-        engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
-            limit: config.eval_timeout,
-            check_interval: NonZeroU32::MIN.saturating_add(63),
-        });
+        engine.set_execution_timer_config(timer(config.eval_timeout));
 
         builtins::register(&mut engine).map_err(|e| PolicyError::Prepare {
             message: e.to_string(),
@@ -447,11 +444,18 @@ impl PolicySet {
 
     /// As [`PolicySet::decide`], and which engine decided.
     pub fn evaluate_decision(&self, input: Value) -> Evaluation {
+        self.evaluate_decision_within(input, self.eval_timeout)
+    }
+
+    /// As [`PolicySet::evaluate_decision`], within `limit` rather than
+    /// `eval_timeout`: a shorter limit is the inline budget, past which the
+    /// decision continues in the slow lane.
+    pub fn evaluate_decision_within(&self, input: Value, limit: std::time::Duration) -> Evaluation {
         let (value, engine) = match &self.rvm {
             Some(compiled) if self.verifier.demoted.get().is_none() => {
-                self.on_the_vm(compiled, input)
+                self.on_the_vm(compiled, input, limit)
             }
-            _ => (self.interpret(input), EngineUsed::Interpreter),
+            _ => (self.interpret_within(input, limit), EngineUsed::Interpreter),
         };
         Evaluation {
             result: value.and_then(PolicyOutcome::from_value),
@@ -478,9 +482,17 @@ impl PolicySet {
     /// # Errors
     /// The evaluation failed or ran out of time.
     pub fn interpret(&self, input: Value) -> Result<Value, PolicyError> {
+        self.interpret_within(input, self.eval_timeout)
+    }
+
+    fn interpret_within(
+        &self,
+        input: Value,
+        limit: std::time::Duration,
+    ) -> Result<Value, PolicyError> {
         match self.lookup {
-            Lookup::Rule => self.evaluate(&self.rule, input),
-            Lookup::Query => self.query(input),
+            Lookup::Rule => self.evaluate_within(&self.rule, input, limit),
+            Lookup::Query => self.query(input, limit),
         }
     }
 
@@ -488,11 +500,12 @@ impl PolicySet {
         &self,
         compiled: &rvm::CompiledDecision,
         input: Value,
+        limit: std::time::Duration,
     ) -> (Result<Value, PolicyError>, EngineUsed) {
         // Values share their contents: keeping one for the interpreter is cheap.
         let kept = input.clone();
-        match compiled.evaluate(input) {
-            Ok(value) if self.verifier.should_check() => match self.interpret(kept) {
+        match compiled.evaluate_within(input, limit) {
+            Ok(value) if self.verifier.should_check() => match self.interpret_within(kept, limit) {
                 // The interpreter is the slower one: running out of time
                 // there says nothing about the VM's answer.
                 Err(PolicyError::Timeout { .. }) => (Ok(value), EngineUsed::Rvm),
@@ -516,23 +529,23 @@ impl PolicySet {
             Ok(value) => (Ok(value), EngineUsed::Rvm),
             Err(rvm::RvmError::Timeout) => (
                 Err(PolicyError::Timeout {
-                    limit_ms: self.eval_timeout.as_millis(),
+                    limit_ms: limit.as_millis(),
                 }),
                 EngineUsed::Rvm,
             ),
             Err(rvm::RvmError::Vm(message)) => {
                 tracing::warn!(revision = %self.revision, error = %message, "the bytecode VM failed; the interpreter decides this request");
-                (self.interpret(kept), EngineUsed::RvmFallback)
+                (self.interpret_within(kept, limit), EngineUsed::RvmFallback)
             }
         }
     }
 
-    fn query(&self, input: Value) -> Result<Value, PolicyError> {
-        let mut engine = self.template.clone();
+    fn query(&self, input: Value, limit: std::time::Duration) -> Result<Value, PolicyError> {
+        let mut engine = self.engine_within(limit);
         engine.set_input(input);
         let results = engine
             .eval_query(self.rule.clone(), false)
-            .map_err(|e| self.classify(&e))?;
+            .map_err(|e| classify(&e, limit))?;
         let mut values = results
             .result
             .into_iter()
@@ -546,19 +559,13 @@ impl PolicySet {
         }
     }
 
-    fn classify(&self, e: &anyhow::Error) -> PolicyError {
-        if matches!(
-            e.downcast_ref::<regorus::LimitError>(),
-            Some(regorus::LimitError::TimeLimitExceeded { .. })
-        ) {
-            PolicyError::Timeout {
-                limit_ms: self.eval_timeout.as_millis(),
-            }
-        } else {
-            PolicyError::Evaluation {
-                message: e.to_string().trim().to_owned(),
-            }
+    /// A clone of the prepared engine whose evaluations stop at `limit`.
+    fn engine_within(&self, limit: std::time::Duration) -> Engine {
+        let mut engine = self.template.clone();
+        if limit != self.eval_timeout {
+            engine.set_execution_timer_config(timer(limit));
         }
+        engine
     }
 
     /// Evaluates any rule (e.g. `data.envoy.authz.test_x`) against an input.
@@ -566,11 +573,43 @@ impl PolicySet {
     /// # Errors
     /// The evaluation failed or ran out of time.
     pub fn evaluate(&self, rule: &str, input: Value) -> Result<Value, PolicyError> {
-        let mut engine = self.template.clone();
+        self.evaluate_within(rule, input, self.eval_timeout)
+    }
+
+    fn evaluate_within(
+        &self,
+        rule: &str,
+        input: Value,
+        limit: std::time::Duration,
+    ) -> Result<Value, PolicyError> {
+        let mut engine = self.engine_within(limit);
         engine.set_input(input);
         engine
             .eval_rule(rule.to_owned())
-            .map_err(|e| self.classify(&e))
+            .map_err(|e| classify(&e, limit))
+    }
+}
+
+/// The interpreter's time limit: checked every 64 steps.
+fn timer(limit: std::time::Duration) -> regorus::utils::limits::ExecutionTimerConfig {
+    regorus::utils::limits::ExecutionTimerConfig {
+        limit,
+        check_interval: NonZeroU32::MIN.saturating_add(63),
+    }
+}
+
+fn classify(e: &anyhow::Error, limit: std::time::Duration) -> PolicyError {
+    if matches!(
+        e.downcast_ref::<regorus::LimitError>(),
+        Some(regorus::LimitError::TimeLimitExceeded { .. })
+    ) {
+        PolicyError::Timeout {
+            limit_ms: limit.as_millis(),
+        }
+    } else {
+        PolicyError::Evaluation {
+            message: e.to_string().trim().to_owned(),
+        }
     }
 }
 

@@ -126,11 +126,20 @@ impl CompiledDecision {
         Ok(vm)
     }
 
-    /// Evaluates the decision rule for one input on this thread's VM.
+    /// Evaluates the decision rule for one input on this thread's VM,
+    /// within `eval_timeout`.
     ///
     /// # Errors
     /// The evaluation ran out of time, or the VM reported an error.
     pub fn evaluate(&self, input: Value) -> Result<Value, RvmError> {
+        self.evaluate_within(input, self.eval_timeout)
+    }
+
+    /// As [`CompiledDecision::evaluate`], within `limit`.
+    ///
+    /// # Errors
+    /// As [`CompiledDecision::evaluate`].
+    pub fn evaluate_within(&self, input: Value, limit: Duration) -> Result<Value, RvmError> {
         thread_local! {
             static VM: RefCell<Option<(u64, RegoVM)>> = const { RefCell::new(None) };
         }
@@ -145,6 +154,10 @@ impl CompiledDecision {
                     vm
                 }
             };
+            vm.set_execution_timer_config(Some(ExecutionTimerConfig {
+                limit,
+                check_interval: NonZeroU32::new(TIMER_CHECK_INTERVAL).unwrap_or(NonZeroU32::MIN),
+            }));
             vm.set_input(input);
             // A panic inside the VM is an error for this request (the
             // interpreter decides it), and the VM is made anew.

@@ -23,6 +23,7 @@ use crate::proto::auth::{CheckRequest, CheckResponse};
 use crate::proto::core::address;
 use crate::telemetry::{self, Metrics, RequestSummary};
 
+pub mod lane;
 pub mod tls;
 
 /// Why Arbiter could not start.
@@ -69,7 +70,14 @@ pub struct Shared {
     pub authenticator: Authenticator,
     pub metrics: Metrics,
     pub readiness: Readiness,
-    parse_options: ParseOptions,
+    parse_options: Arc<ParseOptions>,
+    /// Slow evaluations and large bodies run here, off the async workers.
+    pub lane: lane::SlowLane,
+    /// How long a decision may evaluate on an async worker.
+    inline_budget: std::time::Duration,
+    eval_timeout: std::time::Duration,
+    /// Bodies at least this large are parsed in the slow lane.
+    lane_body_bytes: usize,
     decision_options: DecisionOptions,
     limiter: tokio::sync::Semaphore,
     pub decision_log: telemetry::DecisionLog,
@@ -95,7 +103,15 @@ impl Shared {
                 policies_loaded: AtomicBool::new(true),
                 shutting_down: AtomicBool::new(false),
             },
-            parse_options: ParseOptions::from_config(config),
+            parse_options: Arc::new(ParseOptions::from_config(config)),
+            lane: lane::SlowLane::start(&config.server.slow_lane),
+            inline_budget: config
+                .server
+                .slow_lane
+                .inline_budget
+                .min(config.policy.eval_timeout),
+            eval_timeout: config.policy.eval_timeout,
+            lane_body_bytes: config.server.slow_lane.body_bytes,
             limiter: tokio::sync::Semaphore::new(config.server.max_concurrent_decisions),
             decision_log: telemetry::DecisionLog::new(&config.log),
             decision_timeout: config.server.decision_timeout,
@@ -125,8 +141,9 @@ impl Shared {
         self.readiness.is_ready() && self.authenticator.is_ready()
     }
 
-    /// The deny for a request that could not be decided in time.
-    fn undecided(&self, reason: decision::DenyReason) -> CheckResponse {
+    /// The deny for a request that could not be decided in time, or for
+    /// which the slow lane had no room.
+    fn undecided(&self, reason: decision::DenyReason) -> decision::Decision {
         let decision = decision::unavailable(
             reason,
             &self.decision_options,
@@ -148,7 +165,7 @@ impl Shared {
             std::time::Duration::ZERO,
             self.decision_timeout,
         );
-        decision.response
+        decision
     }
 
     /// Decides one CheckRequest: total, never an error.
@@ -162,7 +179,17 @@ impl Shared {
         let started = Instant::now();
         // Taken once: the request finishes on this set even if a reload swaps another in.
         let policies = self.policies.load_full();
-        let ctx = RequestContext::from_check(request, &self.parse_options);
+        let ctx = match self.parse(request).await {
+            Ok(ctx) => ctx,
+            Err(lane::LaneFull) => {
+                let decision = self.undecided(decision::DenyReason::Overloaded);
+                return Checked {
+                    response: decision.response,
+                    record: decision.record,
+                    input: None,
+                };
+            }
+        };
         let authentication = self.authenticator.authenticate(&ctx).await;
         let decision_id = uuid::Uuid::new_v4().to_string();
         let mut eval = std::time::Duration::ZERO;
@@ -202,10 +229,19 @@ impl Shared {
                     )
                 };
                 let eval_started = Instant::now();
-                let evaluation = policies.evaluate_decision(input);
+                let evaluation = self.evaluate(&policies, input).await;
                 eval = eval_started.elapsed();
-                self.metrics.record_engine(evaluation.engine);
-                decision::decide(evaluation.result, &self.decision_options, decision_id)
+                match evaluation {
+                    Ok(evaluation) => {
+                        self.metrics.record_engine(evaluation.engine);
+                        decision::decide(evaluation.result, &self.decision_options, decision_id)
+                    }
+                    Err(lane::LaneFull) => decision::unavailable(
+                        decision::DenyReason::Overloaded,
+                        &self.decision_options,
+                        decision_id,
+                    ),
+                }
             }
         };
         let total = started.elapsed();
@@ -247,6 +283,53 @@ impl Shared {
             record: decision.record,
             input: kept_input,
         }
+    }
+}
+
+impl Shared {
+    /// The request, parsed: on the async worker, or in the slow lane when
+    /// its body is large.
+    async fn parse(&self, request: CheckRequest) -> Result<RequestContext, lane::LaneFull> {
+        let body = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .map_or(0, |h| h.body.len() + h.raw_body.len());
+        if body < self.lane_body_bytes {
+            return Ok(RequestContext::from_check(request, &self.parse_options));
+        }
+        let options = Arc::clone(&self.parse_options);
+        self.lane
+            .run(move || RequestContext::from_check(request, &options))
+            .await
+    }
+
+    /// The decision on the async worker within the inline budget; past it,
+    /// evaluated again in the slow lane with what remains of `eval_timeout`.
+    async fn evaluate(
+        &self,
+        policies: &Arc<PolicySet>,
+        input: regorus::Value,
+    ) -> Result<crate::policy::Evaluation, lane::LaneFull> {
+        let started = Instant::now();
+        let inline = policies.evaluate_decision_within(input.clone(), self.inline_budget);
+        let timed_out = matches!(inline.result, Err(PolicyError::Timeout { .. }));
+        if !timed_out || self.inline_budget >= self.eval_timeout {
+            return Ok(inline);
+        }
+        let remaining = self.eval_timeout.saturating_sub(started.elapsed());
+        let policies = Arc::clone(policies);
+        let limit_ms = self.eval_timeout.as_millis();
+        let mut evaluation = self
+            .lane
+            .run(move || policies.evaluate_decision_within(input, remaining))
+            .await?;
+        // The limit that ran out is eval_timeout, spent in two parts.
+        if let Err(PolicyError::Timeout { .. }) = evaluation.result {
+            evaluation.result = Err(PolicyError::Timeout { limit_ms });
+        }
+        Ok(evaluation)
     }
 }
 
@@ -294,7 +377,7 @@ impl Authorization for CheckService {
                 } else {
                     decision::DenyReason::Overloaded
                 };
-                shared.undecided(reason)
+                shared.undecided(reason).response
             }
         };
         Ok(Response::new(response))
