@@ -67,7 +67,11 @@ impl SlowLane {
                             Err(poisoned) => poisoned.into_inner().recv(),
                         };
                         match job {
-                            Ok(job) => job(),
+                            // A job that panics fails its own request (its
+                            // answer never comes: a deny), not the thread.
+                            Ok(job) => {
+                                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                            }
                             Err(_) => return,
                         }
                     }
@@ -152,6 +156,13 @@ mod tests {
             .unwrap();
         assert_eq!(name.as_deref(), Some("slow-lane-0"));
 
+        // A job that panics fails its own request, not the lane's thread.
+        #[allow(clippy::panic, reason = "the panic is the test")]
+        let failed = lane.run(|| -> u8 { panic!("a job that panics") }).await;
+        assert_eq!(failed, Err(LaneFull));
+        let after = tokio::time::timeout(Duration::from_secs(5), lane.run(|| 7)).await;
+        assert_eq!(after.map_err(|_| "the thread died"), Ok(Ok(7)));
+
         // One thread busy, one job queued: the third is refused, not queued.
         let (release, hold) = std::sync::mpsc::channel::<()>();
         let busy = {
@@ -159,7 +170,7 @@ mod tests {
             tokio::spawn(async move { lane.run(move || hold.recv().is_ok()).await })
         };
         while lane.stats.queued.load(Ordering::Relaxed) > 0
-            || lane.stats.runs.load(Ordering::Relaxed) < 2
+            || lane.stats.runs.load(Ordering::Relaxed) < 4
         {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -177,7 +188,7 @@ mod tests {
         assert_eq!(queued.await.unwrap(), Ok(2));
         let mut text = String::new();
         lane.render(&mut text);
-        assert!(text.contains("arbiter_slow_lane_runs_total 3"), "{text}");
+        assert!(text.contains("arbiter_slow_lane_runs_total 5"), "{text}");
         assert!(text.contains("arbiter_slow_lane_refused_total 1"), "{text}");
     }
 }
