@@ -284,9 +284,7 @@ impl Shared {
             input: kept_input,
         }
     }
-}
 
-impl Shared {
     /// The request, parsed: on the async worker, or in the slow lane when
     /// its body is large.
     async fn parse(&self, request: CheckRequest) -> Result<RequestContext, lane::LaneFull> {
