@@ -258,6 +258,20 @@ pub enum EngineChoice {
     Interpreter,
 }
 
+/// What happens to a request whose body has a supported content type but
+/// does not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyErrors {
+    /// Denied before the policy is asked: 400, reason `request_parse_error`
+    /// (OPA's Envoy plugin 1.x).
+    #[default]
+    Deny,
+    /// The policy decides, with `parsed_body: null` and the reason in
+    /// `body_error` (OPA 0.x failed the whole check instead).
+    PassToPolicy,
+}
+
 /// Where policies come from and how they are evaluated.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -276,6 +290,8 @@ pub struct PolicyConfig {
     pub strict_builtin_errors: bool,
     /// Leave `parsed_body` null, as OPA's `skip-request-body-parse`.
     pub skip_request_body_parse: bool,
+    /// A body that does not parse: denied (the default) or passed to the policy.
+    pub body_errors: BodyErrors,
     /// Which engine evaluates the decision rule.
     pub engine: EngineChoice,
     /// How often policy, data and JWKS files are checked for changes;
@@ -405,6 +421,7 @@ impl Default for PolicyConfig {
             eval_timeout: Duration::from_millis(50),
             strict_builtin_errors: false,
             skip_request_body_parse: false,
+            body_errors: BodyErrors::Deny,
             engine: EngineChoice::Auto,
             reload_interval: Duration::from_secs(1),
             bundle: None,

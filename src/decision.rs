@@ -49,6 +49,8 @@ pub enum DenyReason {
     Timeout,
     /// The request's token was rejected before the policy was asked.
     Token(TokenError),
+    /// The request's body has a supported content type but does not parse.
+    RequestParseError,
     /// Too many decisions in progress: the request waited until its deadline.
     Overloaded,
     /// The decision did not finish before its deadline.
@@ -68,6 +70,7 @@ impl DenyReason {
             Self::PolicyError => "policy_error",
             Self::Timeout => "policy_timeout",
             Self::Token(error) => error.label(),
+            Self::RequestParseError => "request_parse_error",
             Self::Overloaded => "overloaded",
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::Internal => "internal_error",
@@ -211,6 +214,29 @@ pub fn reject_token(error: TokenError, options: &DecisionOptions, decision_id: S
     let mut outcome = PolicyOutcome::default();
     outcome.headers = headers;
     let response = deny(&outcome, &reason, status, options, &record.decision_id);
+    Decision { response, record }
+}
+
+/// A request whose body does not parse, denied before the policy is asked
+/// as OPA's Envoy plugin 1.x denies it: 400, body `request_parse_error: <why>`.
+pub fn reject_body(why: &str, options: &DecisionOptions, decision_id: String) -> Decision {
+    let reason = DenyReason::RequestParseError;
+    let mut record = DecisionRecord {
+        decision_id,
+        allowed: options.dry_run,
+        deny_reason: Some(reason.clone()),
+        http_status: None,
+        error: Some(why.to_owned()),
+        dry_run: options.dry_run,
+    };
+    let response = if options.dry_run {
+        allow(&PolicyOutcome::default(), &record.decision_id)
+    } else {
+        record.http_status = Some(400);
+        let mut outcome = PolicyOutcome::default();
+        outcome.body = format!("{}: {why}", reason.as_str());
+        deny(&outcome, &reason, 400, options, &record.decision_id)
+    };
     Decision { response, record }
 }
 

@@ -5,8 +5,9 @@
 //! policies: `attributes` in the protobuf JSON mapping (lowerCamelCase keys,
 //! 64-bit integers as strings, timestamps in RFC 3339, bytes in base64, empty
 //! fields left out), `parsed_path`, `parsed_query`, `parsed_body`,
-//! `truncated_body` and `version`. Arbiter adds `body_error` when a body of
-//! a supported type does not parse.
+//! `truncated_body` and `version`. With `[policy] body_errors =
+//! "pass_to_policy"` Arbiter adds `body_error` when a body of a supported
+//! type does not parse (by default such a request never reaches the policy).
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -122,9 +122,96 @@ async fn the_policy_sees_the_parsed_body_and_query() {
     arbiter.running.shutdown().await;
 }
 
+/// Written the OPA way: it denies a body field it dislikes and allows the
+/// rest, so a body that does not parse (`parsed_body: null`) would pass it.
+const DENY_LIST_POLICY: &str = r#"
+package envoy.authz
+
+default allow := true
+
+allow := false if input.parsed_body.role == "admin"
+"#;
+
 #[tokio::test]
-async fn malformed_body_and_escapes_are_denied_by_policy_not_by_error() {
-    let arbiter = TestArbiter::start(&[("p.rego", POLICY)], "").await;
+async fn a_body_that_does_not_parse_is_denied_400_before_the_policy() {
+    let arbiter = TestArbiter::start(&[("p.rego", DENY_LIST_POLICY)], "").await;
+    for (content_type, body, why) in [
+        (
+            "application/json",
+            r#"{"role": "admin""#,
+            "invalid JSON body",
+        ),
+        (
+            "application/json; charset=utf-8",
+            "{not json",
+            "invalid JSON body",
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            "role=admin&x=%zz",
+            r#"invalid form body: invalid URL escape "%zz""#,
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            "role=admin;x=1",
+            "invalid form body: invalid semicolon separator in query",
+        ),
+        (
+            "multipart/form-data; boundary=B",
+            "--B\r\nContent-Disposition: form-data; name=\"role\"\r\n\r\nadmin",
+            "invalid multipart body",
+        ),
+    ] {
+        let request = http_request("POST", "/users", &[("content-type", content_type)], body);
+        let response = arbiter.check_json(&request).await;
+        assert!(!is_allowed(&response), "{content_type}: {body}");
+        let denied = denied_response(&response);
+        assert_eq!(denied.status.as_ref().unwrap().code, 400, "{body}");
+        assert_eq!(
+            header_values(&denied.headers, "x-arbiter-reason"),
+            vec!["request_parse_error"]
+        );
+        assert!(
+            denied
+                .body
+                .starts_with(&format!("request_parse_error: {why}")),
+            "{body}: {}",
+            denied.body
+        );
+    }
+    // A body that parses is still the policy's to decide.
+    for (body, allowed) in [
+        (r#"{"role": "admin"}"#, false),
+        (r#"{"role": "dev"}"#, true),
+    ] {
+        let request = http_request(
+            "POST",
+            "/users",
+            &[("content-type", "application/json")],
+            body,
+        );
+        assert_eq!(
+            is_allowed(&arbiter.check_json(&request).await),
+            allowed,
+            "{body}"
+        );
+    }
+    let metrics = arbiter.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "arbiter_decisions_total{result=\"deny\",reason=\"request_parse_error\"}"
+        ),
+        Some(5.0),
+        "{metrics}"
+    );
+    arbiter.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn body_errors_can_be_passed_to_the_policy_instead() {
+    let config = "[policy]\nbody_errors = \"pass_to_policy\"";
+    let arbiter = TestArbiter::start(&[("p.rego", POLICY)], config).await;
     let broken = http_request(
         "POST",
         "/orders",
@@ -137,6 +224,23 @@ async fn malformed_body_and_escapes_are_denied_by_policy_not_by_error() {
         header_values(&denied_response(&response).headers, "x-arbiter-reason"),
         vec!["unknown_user"]
     );
+    arbiter.running.shutdown().await;
+    // The option does what it says: the deny-list policy now sees
+    // `parsed_body: null` and lets the malformed body through.
+    let arbiter = TestArbiter::start(&[("p.rego", DENY_LIST_POLICY)], config).await;
+    let request = http_request(
+        "POST",
+        "/users",
+        &[("content-type", "application/json")],
+        r#"{"role": "admin""#,
+    );
+    assert!(is_allowed(&arbiter.check_json(&request).await));
+    arbiter.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_escapes_in_the_path_and_query_do_not_fail_the_request() {
+    let arbiter = TestArbiter::start(&[("p.rego", POLICY)], "").await;
     let odd = arbiter
         .check_json(&http_request("GET", "/%zz/%?probe=1", &[], ""))
         .await;
@@ -144,6 +248,15 @@ async fn malformed_body_and_escapes_are_denied_by_policy_not_by_error() {
         is_allowed(&odd),
         "a malformed escape in the path must not fail the request"
     );
+    // Go's url.ParseQuery drops the pair with the bad escape and keeps the rest.
+    let dropped = arbiter
+        .check_json(&http_request("GET", "/x?probe=%zz1", &[], ""))
+        .await;
+    assert!(!is_allowed(&dropped));
+    let kept = arbiter
+        .check_json(&http_request("GET", "/x?bad=%&probe=1&worse=%g1", &[], ""))
+        .await;
+    assert!(is_allowed(&kept));
     arbiter.running.shutdown().await;
 }
 

@@ -20,8 +20,8 @@ use arbiter::proto::auth::{CheckRequest, CheckResponse};
 use common::*;
 use prost::Message;
 
-/// Allows alice, denies everyone else, and denies a body that does not
-/// parse, each with its own reason.
+/// Allows alice and denies everyone else. A body that does not parse never
+/// reaches it: Arbiter denies that first (`request_parse_error`).
 const POLICY: &str = r#"
 package envoy.authz
 
@@ -29,12 +29,7 @@ http := input.attributes.request.http
 
 default allow := {"allowed": false, "reason": "not_alice"}
 
-allow := {"allowed": false, "reason": "bad_body"} if input.body_error
-
-allow := {"allowed": true} if {
-  http.headers["x-user"] == "alice"
-  not input.body_error
-}
+allow := {"allowed": true} if http.headers["x-user"] == "alice"
 
 default regex_allowed := false
 
@@ -151,7 +146,7 @@ async fn requests_over_the_limit_are_refused_and_counted_never_decided() {
 }
 
 #[tokio::test]
-async fn deeply_nested_json_bodies_are_a_body_error_not_a_crash() {
+async fn deeply_nested_json_bodies_are_a_parse_error_not_a_crash() {
     let arbiter = arbiter().await;
     let json = [("content-type", "application/json"), ("x-user", "alice")];
     let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
@@ -165,11 +160,15 @@ async fn deeply_nested_json_bodies_are_a_body_error_not_a_crash() {
         let decided = decide(&arbiter, request(&json, &nested(depth)))
             .await
             .unwrap();
-        assert_eq!(decided.as_deref(), Some("bad_body"), "depth {depth}");
+        assert_eq!(
+            decided.as_deref(),
+            Some("request_parse_error"),
+            "depth {depth}"
+        );
     }
     let objects = format!("{}1{}", "{\"a\":".repeat(100_000), "}".repeat(100_000));
     let decided = decide(&arbiter, request(&json, &objects)).await.unwrap();
-    assert_eq!(decided.as_deref(), Some("bad_body"));
+    assert_eq!(decided.as_deref(), Some("request_parse_error"));
     arbiter.running.shutdown().await;
 }
 
@@ -195,12 +194,12 @@ async fn huge_multipart_and_form_bodies_are_decided() {
     let decided = decide(&arbiter, request(&multipart, &json_part))
         .await
         .unwrap();
-    assert_eq!(decided.as_deref(), Some("bad_body"));
+    assert_eq!(decided.as_deref(), Some("request_parse_error"));
     let unterminated = "--B\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nvvvv";
     let decided = decide(&arbiter, request(&multipart, unterminated))
         .await
         .unwrap();
-    assert_eq!(decided.as_deref(), Some("bad_body"));
+    assert_eq!(decided.as_deref(), Some("request_parse_error"));
     let form = [
         ("content-type", "application/x-www-form-urlencoded"),
         ("x-user", "alice"),
@@ -396,14 +395,14 @@ async fn memory_stays_bounded_under_hostile_requests() {
     // Each with the one answer it must get, every time: allowed (`None`), a
     // deny's reason, or the refusal of a call over the limit.
     let allowed = Ok(None);
-    let bad_body = Ok(Some("bad_body".to_owned()));
+    let unparsed = Ok(Some("request_parse_error".to_owned()));
     let hostile = vec![
         (
             with_headers(request(&[("x-user", "alice")], ""), 5_000, 100),
             allowed.clone(),
         ),
         (request(&json, &nested), allowed.clone()),
-        (request(&json, &"[".repeat(500_000)), bad_body),
+        (request(&json, &"[".repeat(500_000)), unparsed),
         (request(&multipart, &(parts + "--B--\r\n")), allowed),
         (
             with_headers(request(&[("x-user", "alice")], ""), 1, 2 * LIMIT),

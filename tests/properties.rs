@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use arbiter::config::Config;
+use arbiter::config::{BodyErrors, Config};
 use arbiter::context::source::{parse_hop, resolve};
 use arbiter::context::{ParsedPath, ParsedQuery, split_target};
 use arbiter::policy::PolicySet;
@@ -108,6 +108,31 @@ proptest! {
         prop_assert_eq!(ParsedQuery::parse(&query.join("&")).params, want);
     }
 
+    /// Go's `url.ParseQuery` rules over a mix of good and bad pairs: a pair
+    /// with `;` or an invalid escape (`%` not followed by two hex digits)
+    /// is dropped from the query and the others kept in order; empty pairs
+    /// are skipped; `+` is a space; a form body fails on the first bad pair.
+    #[test]
+    fn query_follows_go_parse_query(pairs in prop::collection::vec(query_pair(), 0..10)) {
+        let raw: Vec<&str> = pairs.iter().map(|p| p.raw.as_str()).collect();
+        let raw = raw.join("&");
+        let mut want: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for pair in &pairs {
+            if let Some((key, value)) = &pair.decoded {
+                want.entry(key.clone()).or_default().push(value.clone());
+            }
+        }
+        prop_assert_eq!(&ParsedQuery::parse(&raw).params, &want);
+        let any_bad = pairs.iter().any(|p| p.decoded.is_none() && !p.raw.is_empty());
+        match ParsedQuery::parse_form(&raw) {
+            Ok(form) => {
+                prop_assert!(!any_bad, "form {raw:?} with a bad pair parsed");
+                prop_assert_eq!(form.params, want);
+            }
+            Err(error) => prop_assert!(any_bad, "form {raw:?} refused: {error}"),
+        }
+    }
+
     /// `+` is a space in a query, and a pair with `;` is skipped, as Go's ParseQuery.
     #[test]
     fn query_plus_and_semicolon(word in "[a-z]{1,5}") {
@@ -115,6 +140,61 @@ proptest! {
         prop_assert_eq!(parsed.get("a").cloned(), Some(vec![format!("{word} {word}")]));
         prop_assert!(!parsed.contains_key("b"));
     }
+}
+
+/// One `&`-separated pair as written, and what `url.ParseQuery` makes of it
+/// (`None`: dropped, and an error for a form body; an empty pair is
+/// skipped without error).
+#[derive(Debug, Clone)]
+struct QueryPair {
+    raw: String,
+    decoded: Option<(String, String)>,
+}
+
+fn query_pair() -> impl Strategy<Value = QueryPair> {
+    let word = "[a-zA-Z0-9._~-]{0,4}";
+    let good = (word, word, any::<u8>(), any::<bool>(), any::<bool>()).prop_map(
+        |(key, value, byte, escaped, spaced)| {
+            let (raw_value, value) = match (escaped, spaced) {
+                (true, _) if byte.is_ascii() => (
+                    format!("{value}%{byte:02x}"),
+                    format!("{value}{}", char::from(byte)),
+                ),
+                (_, true) => (format!("{value}+{value}"), format!("{value} {value}")),
+                _ => (value.clone(), value),
+            };
+            QueryPair {
+                raw: format!("{key}={raw_value}"),
+                decoded: Some((key, value)),
+            }
+        },
+    );
+    let no_value = "[a-z]{1,4}".prop_map(|key| QueryPair {
+        raw: key.clone(),
+        decoded: Some((key, String::new())),
+    });
+    let bad_escape = (
+        word,
+        prop_oneof!["%", "%[0-9a-f]", "%[g-z][0-9a-z]", "%[0-9a-f][g-z]"],
+        any::<bool>(),
+    )
+        .prop_map(|(word, escape, in_key)| QueryPair {
+            raw: if in_key {
+                format!("{word}{escape}=v")
+            } else {
+                format!("k={word}{escape}")
+            },
+            decoded: None,
+        });
+    let semicolon = (word, word).prop_map(|(a, b)| QueryPair {
+        raw: format!("{a};{b}"),
+        decoded: None,
+    });
+    let empty = Just(QueryPair {
+        raw: String::new(),
+        decoded: None,
+    });
+    prop_oneof![4 => good, 1 => no_value, 2 => bad_escape, 1 => semicolon, 1 => empty]
 }
 
 fn ip() -> impl Strategy<Value = IpAddr> {
@@ -263,11 +343,19 @@ fn no_input_makes_the_decision_path_panic_or_allow_a_deny() {
         .enable_all()
         .build()
         .unwrap();
-    let config = Config::default();
+    // Bodies that do not parse go to the policy too, so that it sees every
+    // shape of input; with the default they are denied before it (below).
+    let mut config = Config::default();
+    config.policy.body_errors = BodyErrors::PassToPolicy;
     let policies =
         PolicySet::from_sources(&[("deny.rego", DENY_ALL)], None, &config.policy).unwrap();
     let shared = runtime
         .block_on(async { Arc::new(Shared::new(&config, policies, &reqwest::Client::new())) });
+    let defaults = Config::default();
+    let policies =
+        PolicySet::from_sources(&[("deny.rego", DENY_ALL)], None, &defaults.policy).unwrap();
+    let by_default = runtime
+        .block_on(async { Arc::new(Shared::new(&defaults, policies, &reqwest::Client::new())) });
     // The control: the same requests through a policy that reads the same
     // header as a boolean are all allowed, so the denies above come from
     // the policy's ill-typed answer, not from a path that denies anything.
@@ -284,6 +372,16 @@ fn no_input_makes_the_decision_path_panic_or_allow_a_deny() {
                 .as_ref()
                 .map(|s| (s.code, s.message.as_str()));
             prop_assert_eq!(status, Some((7, "invalid_result")), "{:?}", response);
+            let response = runtime.block_on(by_default.check(request.clone()));
+            let status = response
+                .status
+                .as_ref()
+                .map(|s| (s.code, s.message.as_str()));
+            prop_assert!(
+                matches!(status, Some((7, "invalid_result" | "request_parse_error"))),
+                "{:?}",
+                response
+            );
             let response = runtime.block_on(control.check(request));
             let status = response.status.as_ref().map(|s| s.code);
             prop_assert_eq!(status, Some(0), "{:?}", response);

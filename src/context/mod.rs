@@ -1,6 +1,7 @@
 //! The request as Arbiter understands it: Envoy's attributes plus the path,
-//! query and body parsed the way OPA's Envoy plugin parses them, but without
-//! ever failing the request over a malformed escape or body.
+//! query and body parsed the way OPA's Envoy plugin parses them. Parsing is
+//! total: a body that does not parse is reported in the context
+//! ([`ParsedBody::Invalid`]) for the pipeline to deny, never an error here.
 //!
 //! This module does no I/O and never panics on request data.
 
@@ -163,39 +164,91 @@ impl ParsedPath {
 
 /// `parsed_query`: parameter name to every value it was given, in order.
 ///
-/// Semantics follow Go's `url.ParseQuery` (OPA's parser): pairs split on `&`,
-/// `+` is a space, a pair without `=` has the value `""`, empty pairs and
-/// pairs containing `;` are skipped. Unlike Go, a malformed escape is kept
-/// as written rather than dropping the pair.
+/// Semantics are those of Go's `url.ParseQuery`, which OPA uses: pairs split
+/// on `&`, `+` is a space, a pair without `=` has the value `""`, empty pairs
+/// are skipped, and a pair containing `;` or an invalid escape (`%zz`, a
+/// lone `%`) is dropped with the other pairs kept. The query string ignores
+/// those errors, as OPA does; a form body does not ([`QueryError`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParsedQuery {
     pub params: BTreeMap<String, Vec<String>>,
 }
 
+/// The first pair `url.ParseQuery` would have refused, worded as Go words it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    #[error("invalid semicolon separator in query")]
+    Semicolon,
+    #[error("invalid URL escape {0:?}")]
+    Escape(String),
+}
+
 impl ParsedQuery {
+    /// The query string of a request target: pairs in error are dropped.
     pub fn parse(raw_query: &str) -> Self {
+        Self::parse_reporting(raw_query).0
+    }
+
+    /// An `application/x-www-form-urlencoded` body: any pair in error fails it.
+    pub fn parse_form(body: &str) -> Result<Self, QueryError> {
+        match Self::parse_reporting(body) {
+            (query, None) => Ok(query),
+            (_, Some(error)) => Err(error),
+        }
+    }
+
+    fn parse_reporting(raw_query: &str) -> (Self, Option<QueryError>) {
         let mut params: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut first_error = None;
         for pair in raw_query.split('&') {
-            if pair.is_empty() || pair.contains(';') {
+            if pair.contains(';') {
+                first_error.get_or_insert(QueryError::Semicolon);
+                continue;
+            }
+            if pair.is_empty() {
                 continue;
             }
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            params
-                .entry(query_unescape(key))
-                .or_default()
-                .push(query_unescape(value));
+            match (query_unescape(key), query_unescape(value)) {
+                (Ok(key), Ok(value)) => params.entry(key).or_default().push(value),
+                (Err(error), _) | (_, Err(error)) => {
+                    first_error.get_or_insert(error);
+                }
+            }
         }
-        Self { params }
+        (Self { params }, first_error)
     }
 }
 
-fn query_unescape(s: &str) -> String {
-    if s.contains('+') {
-        let spaced = s.replace('+', " ");
-        percent_decode_str(&spaced).decode_utf8_lossy().into_owned()
-    } else {
-        percent_decode_str(s).decode_utf8_lossy().into_owned()
+/// Go's `url.QueryUnescape`: `+` is a space, and `%` must start two hex digits.
+fn query_unescape(s: &str) -> Result<String, QueryError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'%' => {
+                let hex = |at: usize| bytes.get(at).and_then(|d| (*d as char).to_digit(16));
+                let (Some(high), Some(low)) = (hex(i + 1), hex(i + 2)) else {
+                    let end = (i + 3).min(bytes.len());
+                    let shown = String::from_utf8_lossy(bytes.get(i..end).unwrap_or_default());
+                    return Err(QueryError::Escape(shown.into_owned()));
+                };
+                // Two hex digits are at most 0xff.
+                out.push(u8::try_from(high * 16 + low).unwrap_or(u8::MAX));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
     }
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// `parsed_body` and `truncated_body`.
@@ -207,9 +260,10 @@ pub enum ParsedBody {
     Parsed(Value),
     /// `content-length` (or Envoy's partial-body flag) says Envoy sent only part of the body.
     Truncated,
-    /// The body claims a supported type but does not parse. OPA fails the
-    /// whole check here; Arbiter hands the policy `parsed_body: null` and
-    /// the reason in `body_error`, and the policy decides.
+    /// The body claims a supported type but does not parse. As in OPA 1.x
+    /// the request is denied (400, `request_parse_error`) unless
+    /// `[policy] body_errors = "pass_to_policy"` hands the policy
+    /// `parsed_body: null` and the reason in `body_error`.
     Invalid(String),
 }
 
@@ -244,9 +298,9 @@ fn parse_body(http: &HttpRequest) -> ParsedBody {
     }
     let parsed = match kind {
         BodyKind::Json => parse_json(body),
-        BodyKind::Form => Ok(query_to_value(&ParsedQuery::parse(
-            &String::from_utf8_lossy(body),
-        ))),
+        BodyKind::Form => ParsedQuery::parse_form(&String::from_utf8_lossy(body))
+            .map(|form| query_to_value(&form))
+            .map_err(|e| format!("invalid form body: {e}")),
         BodyKind::Multipart => parse_multipart(content_type, body),
     };
     match parsed {
@@ -399,10 +453,38 @@ mod tests {
     }
 
     #[test]
-    fn malformed_escapes_are_kept_not_fatal() {
+    fn malformed_path_escapes_are_kept_not_fatal() {
         assert_eq!(segments("/bad%zz/%"), vec!["bad%zz", "%"]);
         assert_eq!(segments("/%ff"), vec!["\u{fffd}"]);
-        assert_eq!(query("/?a=%zz")["a"], vec!["%zz"]);
+    }
+
+    #[test]
+    fn a_query_pair_with_an_invalid_escape_is_dropped_and_the_rest_kept() {
+        let q = query("/?a=%zz&b=1&c%=2&d=%4&e=%41&f=%");
+        assert_eq!(q.keys().collect::<Vec<_>>(), ["b", "e"]);
+        assert_eq!(q["e"], vec!["A"]);
+    }
+
+    #[test]
+    fn form_bodies_fail_where_go_parse_query_fails() {
+        let form = |body: &str| ParsedQuery::parse_form(body).map(|q| q.params);
+        assert_eq!(form("a=1&a=2&b=x+y").unwrap()["a"], vec!["1", "2"]);
+        assert_eq!(
+            form("a=1&b=%zz&c=%"),
+            Err(QueryError::Escape("%zz".to_owned()))
+        );
+        assert_eq!(form("a=%"), Err(QueryError::Escape("%".to_owned())));
+        assert_eq!(form("a=%4"), Err(QueryError::Escape("%4".to_owned())));
+        assert_eq!(form("a=1;b=2"), Err(QueryError::Semicolon));
+        assert_eq!(
+            QueryError::Escape("%zz".into()).to_string(),
+            r#"invalid URL escape "%zz""#
+        );
+        let body = body_of(
+            &[("content-type", "application/x-www-form-urlencoded")],
+            "name=ok&bad=%zz",
+        );
+        assert!(matches!(body, ParsedBody::Invalid(ref e) if e.contains("invalid URL escape")));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! names and semantics: `io.jwt.decode`, `io.jwt.decode_verify`, the
 //! `io.jwt.verify_*` family (so OPA Envoy policies that verify tokens in
 //! Rego run unchanged) and `net.cidr_intersects`, `net.cidr_merge`,
-//! `net.cidr_contains_matches`.
+//! `net.cidr_contains_matches`, plus `net.cidr_contains`, which replaces
+//! regorus's own so that IPv4-mapped IPv6 addresses match as in OPA.
 //!
 //! As in OPA, a malformed token makes `io.jwt.decode` fail (undefined under
 //! OPA's non-strict built-in errors), while the verify built-ins answer
@@ -21,7 +22,7 @@ type BuiltinFn = fn(Vec<Value>) -> anyhow::Result<Value>;
 /// Every built-in here: its Rego name, how many arguments it takes, and
 /// the function. The interpreter gets them as extensions; the bytecode VM
 /// suspends on them (HostAwait) and [`call`] answers.
-pub const BUILTINS: [(&str, usize, BuiltinFn); 18] = [
+pub const BUILTINS: [(&str, usize, BuiltinFn); 19] = [
     ("io.jwt.decode", 1, decode),
     ("io.jwt.decode_verify", 2, decode_verify),
     ("io.jwt.verify_rs256", 2, |a| {
@@ -61,6 +62,7 @@ pub const BUILTINS: [(&str, usize, BuiltinFn); 18] = [
         verify_one(a, Algorithm::HS512)
     }),
     ("io.jwt.verify_es512", 2, |_| Ok(Value::from(false))),
+    ("net.cidr_contains", 2, super::net::cidr_contains),
     ("net.cidr_intersects", 2, super::net::cidr_intersects),
     ("net.cidr_merge", 1, super::net::cidr_merge),
     (

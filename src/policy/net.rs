@@ -1,27 +1,63 @@
-//! The `net.cidr_*` built-ins regorus lacks, with OPA's semantics:
-//! `net.cidr_intersects`, `net.cidr_merge` and `net.cidr_contains_matches`.
+//! The `net.cidr_*` built-ins with OPA's semantics: `net.cidr_intersects`,
+//! `net.cidr_merge` and `net.cidr_contains_matches`, which regorus lacks,
+//! and `net.cidr_contains`, which regorus has with other semantics for
+//! IPv4-mapped IPv6 addresses.
+//!
+//! OPA answers with Go's `net` package, which reads an IPv4-mapped IPv6
+//! address (`::ffff:10.1.2.3`) as the IPv4 address it maps, and an
+//! IPv4-mapped network of prefix 96 or more (`::ffff:10.0.0.0/104`) as the
+//! IPv4 network (`10.0.0.0/8`). Everything here goes through that reading,
+//! so `10.0.0.0/8` contains `::ffff:10.1.2.3`, and `::/0` does not.
 
 use std::collections::BTreeSet;
 
 use anyhow::{anyhow, bail};
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use regorus::Value;
 
 use crate::context::source::canonical;
 
-/// A CIDR, or a bare address as a single-host network.
+/// A CIDR, or a bare address as a single-host network (an address is tried
+/// first, as OPA's `net.ParseIP` before `net.ParseCIDR`).
 fn parse_net(s: &str) -> anyhow::Result<IpNet> {
-    if let Ok(net) = s.parse::<IpNet>() {
-        return Ok(net);
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(IpNet::from(canonical(ip)));
     }
-    s.parse::<std::net::IpAddr>()
-        .map(|ip| IpNet::from(canonical(ip)))
+    s.parse::<IpNet>()
+        .map(as_go_reads_it)
         .map_err(|_| anyhow!("{s:?} is not a CIDR or IP address"))
 }
 
 fn parse_cidr(s: &str) -> anyhow::Result<IpNet> {
     s.parse::<IpNet>()
+        .map(as_go_reads_it)
         .map_err(|_| anyhow!("{s:?} is not a CIDR"))
+}
+
+/// The network Go's `IPNet.Contains` tests against: an IPv6 network whose
+/// masked address is IPv4-mapped (only possible at prefix 96 or more) is
+/// that IPv4 network. Networks of different families contain nothing of
+/// each other.
+fn as_go_reads_it(net: IpNet) -> IpNet {
+    let IpNet::V6(v6) = net else {
+        return net;
+    };
+    let mapped = v6.network().to_ipv4_mapped();
+    match (mapped, v6.prefix_len().checked_sub(96)) {
+        (Some(v4), Some(prefix)) => Ipv4Net::new(v4, prefix).map_or(net, IpNet::V4),
+        _ => IpNet::V6(v6.trunc()),
+    }
+}
+
+/// `net.cidr_contains(cidr, cidr_or_ip)`: whether the second operand (an
+/// address, or every address of a CIDR) lies in the first.
+pub fn cidr_contains(args: Vec<Value>) -> anyhow::Result<Value> {
+    let (Some(a), Some(b)) = (args.first(), args.get(1)) else {
+        bail!("net.cidr_contains: two operands required");
+    };
+    let cidr = parse_cidr(&string(a, "net.cidr_contains: operand 1")?)?;
+    let candidate = parse_net(&string(b, "net.cidr_contains: operand 2")?)?;
+    Ok(Value::from(cidr.contains(&candidate)))
 }
 
 fn string(value: &Value, what: &str) -> anyhow::Result<String> {
@@ -65,19 +101,23 @@ pub fn cidr_merge(args: Vec<Value>) -> anyhow::Result<Value> {
 /// Keyed entries of an operand of `net.cidr_contains_matches`: a string is
 /// its own key; arrays are keyed by index, sets by element, objects by key;
 /// an element is a string or an array whose first item is the string.
-fn keyed(value: &Value, what: &str) -> anyhow::Result<Vec<(Value, IpNet)>> {
-    fn address(element: &Value, what: &str) -> anyhow::Result<IpNet> {
+fn keyed(
+    value: &Value,
+    what: &str,
+    parse: fn(&str) -> anyhow::Result<IpNet>,
+) -> anyhow::Result<Vec<(Value, IpNet)>> {
+    let address = |element: &Value, what: &str| -> anyhow::Result<IpNet> {
         match element {
-            Value::String(s) => parse_net(s),
+            Value::String(s) => parse(s),
             Value::Array(a) => match a.iter().next() {
-                Some(Value::String(s)) => parse_net(s),
+                Some(Value::String(s)) => parse(s),
                 _ => bail!("{what}: an array element must start with a CIDR or address"),
             },
             _ => bail!("{what}: elements must be strings or arrays"),
         }
-    }
+    };
     Ok(match value {
-        Value::String(s) => vec![(value.clone(), parse_net(s)?)],
+        Value::String(s) => vec![(value.clone(), parse(s)?)],
         Value::Array(a) => a
             .iter()
             .enumerate()
@@ -101,8 +141,10 @@ pub fn cidr_contains_matches(args: Vec<Value>) -> anyhow::Result<Value> {
     let (Some(a), Some(b)) = (args.first(), args.get(1)) else {
         bail!("net.cidr_contains_matches: two operands required");
     };
-    let cidrs = keyed(a, "net.cidr_contains_matches: operand 1")?;
-    let candidates = keyed(b, "net.cidr_contains_matches: operand 2")?;
+    // As OPA, which calls its net.cidr_contains on every pair: the first
+    // operand holds CIDRs only, the second CIDRs or addresses.
+    let cidrs = keyed(a, "net.cidr_contains_matches: operand 1", parse_cidr)?;
+    let candidates = keyed(b, "net.cidr_contains_matches: operand 2", parse_net)?;
     let mut out = BTreeSet::new();
     for (ck, cidr) in &cidrs {
         for (mk, candidate) in &candidates {
@@ -155,6 +197,69 @@ mod tests {
             serde_json::Value::Null,
             "undefined"
         );
+    }
+
+    /// OPA (Go's `net`) reads an IPv4-mapped IPv6 address as IPv4, and an
+    /// IPv4-mapped network of prefix 96 or more as the IPv4 network.
+    #[test]
+    fn ipv4_mapped_ipv6_as_opa_reads_it() {
+        for (query, want) in [
+            (
+                r#"net.cidr_contains("10.0.0.0/8", "::ffff:10.1.2.3")"#,
+                true,
+            ),
+            (r#"net.cidr_contains("10.0.0.0/8", "::ffff:a01:203")"#, true),
+            (
+                r#"net.cidr_contains("10.0.0.0/8", "::ffff:11.1.2.3")"#,
+                false,
+            ),
+            (
+                r#"net.cidr_contains("::ffff:10.0.0.0/104", "10.1.2.3")"#,
+                true,
+            ),
+            (r#"net.cidr_contains("::ffff:0:0/96", "192.0.2.1")"#, true),
+            (
+                r#"net.cidr_contains("10.0.0.0/8", "::ffff:10.1.0.0/112")"#,
+                true,
+            ),
+            (
+                r#"net.cidr_contains("10.0.0.0/8", "::ffff:10.0.0.0/100")"#,
+                false,
+            ),
+            // Go compares only addresses of one family: a mapped address is
+            // IPv4, so no IPv6 network holds it.
+            (r#"net.cidr_contains("::/0", "::ffff:10.1.2.3")"#, false),
+            (r#"net.cidr_contains("::/0", "10.1.2.3")"#, false),
+            (
+                r#"net.cidr_contains("::ffff:10.0.0.0/8", "10.1.2.3")"#,
+                false,
+            ),
+            (r#"net.cidr_contains("0.0.0.0/0", "::1")"#, false),
+            (r#"net.cidr_contains("2001:db8::/32", "2001:db8::1")"#, true),
+            (r#"net.cidr_contains("10.0.0.0/8", "10.255.255.255")"#, true),
+            (r#"net.cidr_contains("10.0.0.0/8", "10.0.0.0/7")"#, false),
+            (
+                r#"net.cidr_intersects("10.0.0.0/8", "::ffff:10.0.0.0/120")"#,
+                true,
+            ),
+            (
+                r#"net.cidr_intersects("::/0", "::ffff:10.0.0.0/120")"#,
+                false,
+            ),
+        ] {
+            assert_eq!(eval(query), want, "{query}");
+        }
+        assert_eq!(
+            eval(r#"net.cidr_contains_matches(["10.0.0.0/8", "::/0"], "::ffff:10.9.9.9")"#),
+            serde_json::json!([[0, "::ffff:10.9.9.9"]])
+        );
+        for undefined in [
+            r#"x := net.cidr_contains("10.0.0.1", "10.0.0.1")"#,
+            r#"x := net.cidr_contains("10.0.0.0/8", "nope")"#,
+            r#"x := net.cidr_contains_matches("10.0.0.1", "10.0.0.1")"#,
+        ] {
+            assert_eq!(eval(undefined), serde_json::Value::Null, "{undefined}");
+        }
     }
 
     #[test]

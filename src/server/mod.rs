@@ -13,8 +13,8 @@ use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
-use crate::config::OnInvalidToken;
-use crate::context::{ParseOptions, RequestContext, split_target};
+use crate::config::{BodyErrors, OnInvalidToken};
+use crate::context::{ParseOptions, ParsedBody, RequestContext, split_target};
 use crate::decision::{self, DecisionOptions};
 use crate::identity::{Authentication, Authenticator, Identity};
 use crate::policy::{PolicyError, PolicySet};
@@ -82,6 +82,7 @@ pub struct Shared {
     limiter: tokio::sync::Semaphore,
     pub decision_log: telemetry::DecisionLog,
     decision_timeout: std::time::Duration,
+    body_errors: crate::config::BodyErrors,
     /// Data path of the device inventory, if configured.
     inventory_path: Option<Vec<String>>,
 }
@@ -115,6 +116,7 @@ impl Shared {
             limiter: tokio::sync::Semaphore::new(config.server.max_concurrent_decisions),
             decision_log: telemetry::DecisionLog::new(&config.log),
             decision_timeout: config.server.decision_timeout,
+            body_errors: config.policy.body_errors,
             inventory_path: config.device.inventory.as_ref().map(|p| {
                 p.split('/')
                     .filter(|s| !s.is_empty())
@@ -195,12 +197,20 @@ impl Shared {
         let mut eval = std::time::Duration::ZERO;
         let mut kept_input = None;
         let mut device_id = None;
-        let decision = match &authentication {
-            Authentication::Rejected {
-                error,
-                on_invalid: OnInvalidToken::Deny,
-                ..
-            } => decision::reject_token(*error, &self.decision_options, decision_id),
+        let unparsed_body = match (&ctx.body, self.body_errors) {
+            (ParsedBody::Invalid(why), BodyErrors::Deny) => Some(why.as_str()),
+            _ => None,
+        };
+        let decision = match (&authentication, unparsed_body) {
+            (
+                Authentication::Rejected {
+                    error,
+                    on_invalid: OnInvalidToken::Deny,
+                    ..
+                },
+                _,
+            ) => decision::reject_token(*error, &self.decision_options, decision_id),
+            (_, Some(why)) => decision::reject_body(why, &self.decision_options, decision_id),
             _ => {
                 // Posture is verified only when the policy will see it.
                 let device = self
