@@ -350,6 +350,130 @@ fn the_opa_compatibility_policies_decide_the_same_on_both_engines() {
     assert!(matches!(err, PolicyError::Rvm { .. }), "{err}");
 }
 
+/// Rego whose meaning turns on an undefined value, each with the answer OPA
+/// gives (`None`: undefined). regorus 0.14's VM bound `x := <undefined>`
+/// and went on, so the first group decided `true` on the VM: the
+/// assignments are guarded for it (`src/policy/vm_source.rs`). A function
+/// with a default runs on the interpreter, and says why.
+const UNDEFINED_CORNERS: [(&str, &str, &str, Option<bool>); 16] = [
+    (
+        "assigned and unused",
+        "allow if { x := input.missing; true }",
+        "{}",
+        None,
+    ),
+    (
+        "assigned then negated",
+        "blocked := {\"mallory\": true}\nallow if { client := input.headers[\"x-client\"]; not blocked[client] }",
+        r#"{"headers": {}}"#,
+        None,
+    ),
+    (
+        "assigned then negated, present",
+        "blocked := {\"mallory\": true}\nallow if { client := input.headers[\"x-client\"]; not blocked[client] }",
+        r#"{"headers": {"x-client": "alice"}}"#,
+        Some(true),
+    ),
+    (
+        "assigned from a call",
+        "allow if { x := lower(input.missing); true }",
+        "{}",
+        None,
+    ),
+    (
+        "assigned from data",
+        "allow if { x := data.nothing.here; true }",
+        "{}",
+        None,
+    ),
+    (
+        "assigned from a rule",
+        "r := input.missing\nallow if { x := r; true }",
+        "{}",
+        None,
+    ),
+    (
+        "destructured",
+        "allow if { [a, b] := input.pair; true }",
+        "{}",
+        None,
+    ),
+    (
+        "destructured, present",
+        "allow if { [a, b] := input.pair; a < b }",
+        r#"{"pair": [1, 2]}"#,
+        Some(true),
+    ),
+    (
+        "assigned in a comprehension",
+        "allow if { ks := [k | some v in input.vs; k := v.k]; count(ks) == 1 }",
+        r#"{"vs": [{"k": 1}, {}]}"#,
+        Some(true),
+    ),
+    (
+        "unified",
+        "allow if { x = input.missing; true }",
+        "{}",
+        None,
+    ),
+    (
+        "negated comparison",
+        "allow if not input.missing == \"x\"",
+        "{}",
+        Some(true),
+    ),
+    ("inequality", "allow if input.missing != \"x\"", "{}", None),
+    (
+        "every over nothing",
+        "allow if { every x in [] { x > 0 } }",
+        "{}",
+        Some(true),
+    ),
+    (
+        "else chain",
+        "f(x) := \"a\" if x > 1\n else := \"b\" if x > 0\n else := \"c\"\nallow if f(0) == \"c\"",
+        "{}",
+        Some(true),
+    ),
+    (
+        "default function",
+        "default f(_) := \"d\"\nf(x) := \"one\" if x == 1\nallow if f(2) == \"d\"",
+        "{}",
+        Some(true),
+    ),
+    (
+        "built-in error is undefined",
+        "allow if { x := to_number(input.n); true }",
+        r#"{"n": "x"}"#,
+        None,
+    ),
+];
+
+#[test]
+fn undefined_values_decide_as_in_opa_on_both_engines() {
+    let config = PolicyConfig {
+        decision: "t/allow".parse().unwrap(),
+        ..PolicyConfig::default()
+    };
+    for (name, body, input, opa) in UNDEFINED_CORNERS {
+        let text = format!("package t\n\n{body}\n");
+        let input = Value::from_json_str(input).unwrap();
+        let want = Ok(opa.map_or(Value::Undefined, Value::from));
+        match Engines::from_sources(name, &[("t.rego", &text)], None, &config) {
+            Ok(engines) => {
+                let got = engines.compare(name, &input);
+                assert_eq!(got, want, "{name}: not OPA's answer");
+            }
+            Err(reason) => {
+                assert_eq!(name, "default function", "{name} left the VM: {reason}");
+                assert!(reason.contains("t.rego:3: "), "{reason}");
+                let plain = PolicySet::from_sources(&[("t.rego", &text)], None, &config).unwrap();
+                assert_eq!(answer(plain.interpret(input)), want, "{name}");
+            }
+        }
+    }
+}
+
 fn zero_trust() -> Engines {
     let mut config = Config::default();
     config.policy.paths = vec![root().join("benches/load/zero-trust")];

@@ -400,3 +400,42 @@ async fn a_broken_policy_stops_start_with_file_and_line() {
     let text = err.to_string();
     assert!(text.contains("bad.rego:5"), "{text}");
 }
+
+/// A deny-list keyed by a header: without the header the assignment is
+/// undefined and the body fails (OPA's answer). regorus 0.14's bytecode VM
+/// bound the undefined value and allowed; the VM now gets the assignment
+/// guarded, and this runs on the VM.
+#[tokio::test]
+async fn a_deny_list_keyed_by_a_missing_header_denies_on_the_vm() {
+    const DENY_LIST: &str = r#"
+package envoy.authz
+
+blocked := {"mallory": true}
+
+default allow := false
+
+allow if {
+	client := input.attributes.request.http.headers["x-client"]
+	not blocked[client]
+}
+"#;
+    let arbiter = TestArbiter::start(&[("p.rego", DENY_LIST)], "").await;
+    for (headers, allowed) in [
+        (vec![], false),
+        (vec![("x-client", "mallory")], false),
+        (vec![("x-client", "alice")], true),
+    ] {
+        let response = arbiter
+            .check_json(&http_request("GET", "/", &headers, ""))
+            .await;
+        assert_eq!(is_allowed(&response), allowed, "{headers:?}");
+    }
+    let metrics = arbiter.metrics().await;
+    assert_eq!(
+        metric(&metrics, "arbiter_policy_engine{engine=\"rvm\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "arbiter_rvm_mismatches_total"), Some(0.0));
+    arbiter.running.shutdown().await;
+}

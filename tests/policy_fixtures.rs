@@ -137,3 +137,34 @@ fn arbiter_check_names_file_line_and_warns_about_http_send() {
         "{stderr}"
     );
 }
+
+/// A negation over a rule used as a key decides differently on regorus and
+/// on OPA when the rule is undefined (OPA's body fails, regorus's `not`
+/// succeeds): `arbiter check` says where, and the policy still loads.
+#[test]
+fn arbiter_check_warns_where_regorus_and_opa_differ() {
+    let binary = env!("CARGO_BIN_EXE_arbiter");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bypass.rego"),
+        "package envoy.authz\n\nclient := input.attributes.request.http.headers[\"x-client\"]\n\nbypass := {\"svc-a\": true}\n\ndefault allow := false\n\nallow if not bypass[client]\n\nallow if {\n\tinput.attributes.request.http.method == \"PUT\"\n\tcrypto.sha256(client) == \"00\"\n}\n",
+    )
+    .unwrap();
+    let out = Command::new(binary)
+        .arg("check")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("bypass.rego:9:21: `not` over a rule or call used as a key (`client`)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "bypass.rego:13:2: crypto.sha256 is an OPA built-in that Arbiter does not have"
+        ),
+        "{stderr}"
+    );
+}

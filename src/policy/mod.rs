@@ -6,12 +6,14 @@
 
 pub mod builtins;
 pub mod bundle;
+mod divergence;
 mod nesting;
 mod net;
 mod outcome;
 mod reads;
 pub mod reload;
 mod rvm;
+mod vm_source;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -257,18 +259,12 @@ impl PolicySet {
         config: &PolicyConfig,
         rego_version: RegoVersion,
     ) -> Result<Self, PolicyError> {
-        let mut engine = Engine::new();
-        engine.set_rego_v0(rego_version == RegoVersion::V0);
-        engine.set_strict_builtin_errors(config.strict_builtin_errors);
-        engine.set_execution_timer_config(timer(config.eval_timeout));
-
-        builtins::register(&mut engine).map_err(|e| PolicyError::Prepare {
-            message: e.to_string(),
-        })?;
+        let mut engine = new_engine(config, rego_version)?;
 
         let mut hasher = Sha256::new();
         let mut files = Vec::new();
         let mut packages = Vec::new();
+        let mut data = Vec::new();
         for (path, text) in &sources.rego {
             hasher.update(path.to_string_lossy().as_bytes());
             hasher.update([0]);
@@ -301,33 +297,47 @@ impl PolicySet {
             let nested = prefix.iter().rev().fold(value, |inner, key| {
                 Value::from(BTreeMap::from([(Value::from(key.as_str()), inner)]))
             });
-            engine.add_data(nested).map_err(|e| PolicyError::Data {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+            engine
+                .add_data(nested.clone())
+                .map_err(|e| PolicyError::Data {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            data.push(nested);
             files.push(path.clone());
         }
 
         let rule = config.decision.rule_ref();
         let lookup = prepare(&mut engine, &rule, &config.decision, &packages)?;
-        let reads = match engine.get_ast_as_json() {
-            Ok(ast) => reads::analyze(
-                &ast,
+        // Printed while trying the decision on an empty input, not by a request.
+        let _ = engine.take_prints();
+        let ast = engine.get_ast_as_json().ok();
+        let reads = match &ast {
+            Some(ast) => reads::analyze(
+                ast,
                 &sources
                     .rego
                     .iter()
                     .map(|(p, t)| (p.as_path(), t.as_str()))
                     .collect::<Vec<_>>(),
             ),
-            Err(_) => crate::input::InputPaths::all(),
+            None => crate::input::InputPaths::all(),
         };
-        let package_import = rvm::package_import(
-            sources.rego.iter().map(|(p, t)| (p.as_path(), t.as_str())),
-            &packages,
-        );
-        let chosen = match package_import {
+        let rego = || sources.rego.iter().map(|(p, t)| (p.as_path(), t.as_str()));
+        let vm_unsafe =
+            rvm::package_import(rego(), &packages).or_else(|| vm_source::default_function(rego()));
+        let chosen = match vm_unsafe {
             Some(reason) if config.engine != EngineChoice::Interpreter => Err(reason),
-            _ => choose_engine(&mut engine, &rule, lookup, config),
+            _ => {
+                match vm_source::guarded_sources(ast.as_deref().unwrap_or_default(), &sources.rego)
+                {
+                    Ok(None) => choose_engine(&mut engine, &rule, lookup, config),
+                    Ok(Some(guarded)) => vm_engine(config, rego_version, &guarded, &data).and_then(
+                        |mut vm_engine| choose_engine(&mut vm_engine, &rule, lookup, config),
+                    ),
+                    Err(reason) => Err(reason),
+                }
+            }
         };
         let (rvm, interpreter_reason) = match chosen {
             Ok(compiled) => (Some(compiled), None),
@@ -543,9 +553,9 @@ impl PolicySet {
     fn query(&self, input: Value, limit: std::time::Duration) -> Result<Value, PolicyError> {
         let mut engine = self.engine_within(limit);
         engine.set_input(input);
-        let results = engine
-            .eval_query(self.rule.clone(), false)
-            .map_err(|e| classify(&e, limit))?;
+        let results = engine.eval_query(self.rule.clone(), false);
+        log_prints(&mut engine);
+        let results = results.map_err(|e| classify(&e, limit))?;
         let mut values = results
             .result
             .into_iter()
@@ -584,9 +594,19 @@ impl PolicySet {
     ) -> Result<Value, PolicyError> {
         let mut engine = self.engine_within(limit);
         engine.set_input(input);
-        engine
-            .eval_rule(rule.to_owned())
-            .map_err(|e| classify(&e, limit))
+        let value = engine.eval_rule(rule.to_owned());
+        log_prints(&mut engine);
+        value.map_err(|e| classify(&e, limit))
+    }
+}
+
+/// What the policy `print`ed during one evaluation, to the log rather than
+/// to standard error, where it would mix with the decision log.
+fn log_prints(engine: &mut Engine) {
+    if let Ok(lines) = engine.take_prints() {
+        for line in lines {
+            tracing::info!(target: "arbiter::policy::print", "{line}");
+        }
     }
 }
 
@@ -611,6 +631,40 @@ fn classify(e: &anyhow::Error, limit: std::time::Duration) -> PolicyError {
             message: e.to_string().trim().to_owned(),
         }
     }
+}
+
+/// An engine with Arbiter's settings and built-ins and no policies yet.
+fn new_engine(config: &PolicyConfig, rego_version: RegoVersion) -> Result<Engine, PolicyError> {
+    let mut engine = Engine::new();
+    engine.set_rego_v0(rego_version == RegoVersion::V0);
+    engine.set_strict_builtin_errors(config.strict_builtin_errors);
+    engine.set_execution_timer_config(timer(config.eval_timeout));
+    engine.set_gather_prints(true);
+    builtins::register(&mut engine).map_err(|e| PolicyError::Prepare {
+        message: e.to_string(),
+    })?;
+    Ok(engine)
+}
+
+/// The engine the VM's program is compiled from when its sources differ
+/// from the loaded ones (see `vm_source`); any failure is a reason to run
+/// the interpreter.
+fn vm_engine(
+    config: &PolicyConfig,
+    rego_version: RegoVersion,
+    rego: &[(PathBuf, String)],
+    data: &[Value],
+) -> Result<Engine, String> {
+    let mut engine = new_engine(config, rego_version).map_err(|e| e.to_string())?;
+    for (path, text) in rego {
+        engine
+            .add_policy(path.display().to_string(), text.clone())
+            .map_err(|e| format!("the assignment-guarded policies do not load: {e}"))?;
+    }
+    for value in data {
+        engine.add_data(value.clone()).map_err(|e| e.to_string())?;
+    }
+    Ok(engine)
 }
 
 /// The decision compiled for the VM, or why the interpreter runs it.
@@ -734,6 +788,22 @@ const SILENT_BUILTINS: [(&str, &str); 2] = [
     ),
 ];
 
+/// OPA built-ins that regorus lacks (checked against regorus 0.14.1): a
+/// policy that calls one loads, and every evaluation that reaches the call
+/// fails (a `policy_error` deny).
+const MISSING_BUILTINS: [&str; 10] = [
+    "crypto.",
+    "regex.globs_match(",
+    "strings.render_template(",
+    "net.lookup_ip_addr(",
+    "graphql.",
+    "rego.parse_module(",
+    "providers.aws.",
+    "io.jwt.encode_sign",
+    "net.cidr_overlap(",
+    "cast_",
+];
+
 /// Warnings about policies that compile but silently never work in
 /// Arbiter, each with its file and line.
 ///
@@ -750,6 +820,42 @@ pub fn lint(config: &PolicyConfig) -> Result<Vec<String>, PolicyError> {
                     warnings.push(format!("{}:{}:{}: {why}", path.display(), n + 1, col + 1));
                 }
             }
+            for needle in MISSING_BUILTINS {
+                let called = code.match_indices(needle).find(|(at, _)| {
+                    let before = code.get(..*at).and_then(|b| b.chars().next_back());
+                    !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.')
+                });
+                if let Some((col, _)) = called {
+                    let name: String = code
+                        .get(col..)
+                        .unwrap_or_default()
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.')
+                        .collect();
+                    warnings.push(format!(
+                        "{}:{}:{}: {name} is an OPA built-in that Arbiter does not have: every evaluation that reaches it fails (a policy_error deny)",
+                        path.display(),
+                        n + 1,
+                        col + 1
+                    ));
+                }
+            }
+        }
+    }
+    // Patterns regorus evaluates differently from OPA, from the syntax tree.
+    let mut engine = new_engine(config, config.rego_version)?;
+    let mut parsed = Vec::new();
+    for (path, text) in &sources.rego {
+        if engine
+            .add_policy(path.display().to_string(), text.clone())
+            .is_ok()
+        {
+            parsed.push((path.as_path(), text.as_str()));
+        }
+    }
+    if let Ok(ast) = engine.get_ast_as_json() {
+        for (file, d) in divergence::find(&ast, &parsed) {
+            warnings.push(format!("{file}:{}:{}: {}", d.line, d.column, d.message));
         }
     }
     Ok(warnings)
