@@ -474,6 +474,38 @@ fn undefined_values_decide_as_in_opa_on_both_engines() {
     }
 }
 
+/// Two values for one key of a partial object, or for one complete rule, are
+/// OPA's `eval_conflict_error`: an error (so a deny), never one of the two.
+/// `with` replaces the input for one expression, as in OPA (the VM does not
+/// compile `with`; such a set runs on the interpreter and says so).
+#[test]
+fn conflicts_and_with_as_in_opa() {
+    let config = PolicyConfig {
+        decision: "t/allow".parse().unwrap(),
+        ..PolicyConfig::default()
+    };
+    let pairs = Value::from_json_str(r#"{"pairs": [["a", 1], ["a", 2]], "vs": [1, 2]}"#).unwrap();
+    for body in [
+        "o[k] := v if { some p in input.pairs; k := p[0]; v := p[1] }\nallow if o.a == 1",
+        "x := v if { some v in input.vs }\nallow if x == 1",
+    ] {
+        let text = format!("package t\n\n{body}\n");
+        let set = PolicySet::from_sources(&[("t.rego", &text)], None, &config).unwrap();
+        assert_eq!(
+            answer(set.interpret(pairs.clone())),
+            Err("evaluation error".into()),
+            "{body}"
+        );
+        assert!(set.decide(pairs.clone()).is_err(), "{body}");
+    }
+    let text = "package t\n\ninner if input.x == 1\n\nallow if inner with input as {\"x\": 1}\n";
+    let set = PolicySet::from_sources(&[("t.rego", text)], None, &config).unwrap();
+    assert_eq!(set.engine_status().engine, "interpreter");
+    let empty = Value::new_object();
+    assert_eq!(answer(set.interpret(empty.clone())), Ok(Value::from(true)));
+    assert!(set.decide(empty).unwrap().allowed());
+}
+
 fn zero_trust() -> Engines {
     let mut config = Config::default();
     config.policy.paths = vec![root().join("benches/load/zero-trust")];
