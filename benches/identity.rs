@@ -13,9 +13,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arbiter::Config;
 use arbiter::identity::test_keys::{TestKey, jwks};
+use arbiter::pipeline::Pipeline;
 use arbiter::policy::PolicySet;
 use arbiter::proto::auth::CheckRequest;
-use arbiter::server::Shared;
 use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::Algorithm;
 
@@ -58,7 +58,7 @@ fn request(token: &str) -> CheckRequest {
 }
 
 struct Setup {
-    shared: Arc<Shared>,
+    shared: Arc<Pipeline>,
     requests: Vec<CheckRequest>,
     _dir: tempfile::TempDir,
 }
@@ -90,7 +90,7 @@ fn setup(runtime: &tokio::runtime::Runtime, alg: Algorithm, cache_size: usize) -
         .collect();
     let shared = runtime.block_on(async {
         let policies = PolicySet::load(&config.policy).unwrap();
-        let shared = Arc::new(Shared::new(&config, policies, &reqwest::Client::new()));
+        let shared = Arc::new(Pipeline::new(&config, policies, &reqwest::Client::new()));
         assert!(
             shared
                 .authenticator

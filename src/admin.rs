@@ -41,6 +41,7 @@ async fn healthz() -> &'static str {
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let ready = shared.is_ready();
     let providers: serde_json::Map<String, serde_json::Value> = shared
+        .pipeline
         .authenticator
         .key_stores()
         .map(|(name, store)| {
@@ -53,7 +54,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             )
         })
         .collect();
-    let policies = shared.policies.load();
+    let policies = shared.pipeline.policies.load();
     let engine = policies.engine_status();
     let body = serde_json::json!({
         "ready": ready,
@@ -85,13 +86,13 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let policies = shared.policies.load();
+    let policies = shared.pipeline.policies.load();
     let revision = policies.revision().to_string();
-    let mut text = shared.metrics.render(&revision, shared.is_ready());
+    let mut text = shared.pipeline.metrics.render(&revision, shared.is_ready());
     crate::telemetry::render_engine(&mut text, &policies.engine_status());
-    crate::telemetry::render_decision_log(&mut text, &shared.decision_log);
-    shared.lane.render(&mut text);
-    crate::telemetry::render_identity(&mut text, &shared.authenticator);
+    crate::telemetry::render_decision_log(&mut text, &shared.pipeline.decision_log);
+    shared.pipeline.lane.render(&mut text);
+    crate::telemetry::render_identity(&mut text, &shared.pipeline.authenticator);
     crate::telemetry::render_reloads(&mut text, "policy", &shared.reload_status);
     crate::telemetry::render_reloads(&mut text, "tls", &shared.tls_reload_status);
     if let Some(fetcher) = &shared.bundle {

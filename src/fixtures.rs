@@ -41,10 +41,10 @@ use serde::Deserialize;
 
 use crate::config::{Config, JwtProviderConfig, OnInvalidToken, TokenLocation};
 use crate::identity::test_keys::{TestKey, jwks};
+use crate::pipeline::Pipeline;
 use crate::policy::PolicySet;
 use crate::proto::auth::CheckRequest;
 use crate::proto::auth::check_response::HttpResponse;
-use crate::server::Shared;
 
 /// Issuer and audience of the tokens fixtures sign.
 pub const FIXTURE_ISSUER: &str = "https://idp.fixtures.arbiter.test";
@@ -182,7 +182,7 @@ fn indent(text: &str) -> String {
 /// The fixture suite under the configured paths, ready to run: policies
 /// loaded with the fixture keys in place, the keys to sign with, the files.
 struct Suite {
-    shared: Arc<Shared>,
+    pipeline: Arc<Pipeline>,
     user_key: TestKey,
     device_key: TestKey,
     files: FoundFiles,
@@ -200,8 +200,10 @@ impl Suite {
             .map_err(|e| FixtureError::Setup(e.to_string()))?;
         let config = fixture_config(config, keys_dir.path(), &user_key, &device_key)?;
         let policies = PolicySet::load(&config.policy)?;
-        let shared = Arc::new(Shared::new(&config, policies, &reqwest::Client::new()));
-        if !shared
+        let pipeline = Arc::new(
+            Pipeline::new(&config, policies, &reqwest::Client::new()).without_decision_log(),
+        );
+        if !pipeline
             .authenticator
             .wait_ready(Duration::from_secs(5))
             .await
@@ -209,7 +211,7 @@ impl Suite {
             return Err(FixtureError::Setup("fixture keys did not load".into()));
         }
         Ok(Self {
-            shared,
+            pipeline,
             user_key,
             device_key,
             files,
@@ -244,14 +246,14 @@ impl Suite {
 /// The policies do not load, or a fixture file cannot be read or parsed.
 pub async fn run(config: &Config) -> Result<Report, FixtureError> {
     let suite = Suite::prepare(config).await?;
-    let rego_tests = run_rego_tests(&suite.shared.policies.load(), &suite.files.rego_tests);
+    let rego_tests = run_rego_tests(&suite.pipeline.policies.load(), &suite.files.rego_tests);
     let mut fixtures = Vec::new();
     for (name, case) in suite.cases()? {
-        let failure = match run_case(&suite.shared, &case, &suite.user_key, &suite.device_key).await
-        {
-            Ok(failure) => failure,
-            Err(message) => Some(format!("cannot build the request: {message}")),
-        };
+        let failure =
+            match run_case(&suite.pipeline, &case, &suite.user_key, &suite.device_key).await {
+                Ok(failure) => failure,
+                Err(message) => Some(format!("cannot build the request: {message}")),
+            };
         fixtures.push(CaseResult { name, failure });
     }
     Ok(Report {
@@ -272,7 +274,7 @@ pub async fn inputs(config: &Config) -> Result<Vec<(String, regorus::Value)>, Fi
     for (name, case) in suite.cases()? {
         let request = build_request(&case, &suite.user_key, &suite.device_key)
             .map_err(|message| FixtureError::Setup(format!("{name}: {message}")))?;
-        if let Some(input) = suite.shared.decide(request, true).await.input {
+        if let Some(input) = suite.pipeline.decide(request, true).await.input {
             inputs.push((name, input));
         }
     }
@@ -454,13 +456,13 @@ fn build_request(case: &Case, user: &TestKey, device: &TestKey) -> Result<CheckR
 
 /// Runs one case; `Ok(None)` when it passed.
 async fn run_case(
-    shared: &Shared,
+    pipeline: &Pipeline,
     case: &Case,
     user: &TestKey,
     device: &TestKey,
 ) -> Result<Option<String>, String> {
     let request = build_request(case, user, device)?;
-    let checked = shared.decide(request, true).await;
+    let checked = pipeline.decide(request, true).await;
     let response = &checked.response;
     let allowed = response.status.as_ref().is_some_and(|s| s.code == 0);
     let (status, headers, body) = match &response.http_response {

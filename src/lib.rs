@@ -1,8 +1,9 @@
 //! Arbiter: a zero-trust policy decision point for Envoy's ext_authz.
 //!
-//! Data flows one way: request -> [`context`] -> [`input`] -> [`policy`] ->
-//! [`decision`] -> response; [`server`] wires the steps together, and
-//! [`config`], [`telemetry`] and [`admin`] stand at the side.
+//! Data flows one way: request -> [`context`] -> [`identity`] -> [`input`]
+//! -> [`policy`] -> [`decision`] -> response, run by [`pipeline`] for every
+//! front door; [`server`] wires the listeners to it, and [`config`],
+//! [`telemetry`] and [`admin`] stand at the side.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -12,6 +13,7 @@ pub mod decision;
 pub mod fixtures;
 pub mod identity;
 pub mod input;
+pub mod pipeline;
 pub mod policy;
 pub mod proto;
 pub mod server;

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use arbiter::Config;
-use arbiter::context::{ParseOptions, RequestContext};
+use arbiter::pipeline::Pipeline;
 use arbiter::policy::PolicySet;
 use arbiter::proto::auth::CheckRequest;
 
@@ -105,25 +105,44 @@ fn eval(config: Option<&Path>, request: &Path) -> anyhow::Result<ExitCode> {
         )
     })?;
     let policies = PolicySet::load(&config.policy)?;
-    let ctx = RequestContext::from_check(check, &ParseOptions::from_config(&config));
-    let input = arbiter::input::build(&ctx, &arbiter::identity::Identity::anonymous(), None);
-    let input_json: serde_json::Value = serde_json::from_str(&input.to_json_str()?)?;
-    let outcome = policies.decide(input);
-    let options = arbiter::decision::DecisionOptions {
-        dry_run: config.decision.dry_run,
-        reason_header: Some(config.decision.reason_header.clone()).filter(|h| !h.is_empty()),
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // The pipeline `serve` runs, so the request's token and device posture
+    // are verified exactly as they would be there.
+    let (revision, checked) = runtime.block_on(async {
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .context("cannot build the HTTP client")?;
+        let pipeline = Pipeline::new(&config, policies, &http).without_decision_log();
+        if !pipeline
+            .authenticator
+            .wait_ready(config.identity.startup_grace)
+            .await
+        {
+            eprintln!(
+                "warning: not every identity provider's keys could be fetched; their tokens are denied"
+            );
+        }
+        let revision = pipeline.policies.load().revision().to_string();
+        anyhow::Ok((revision, pipeline.decide(check, true).await))
+    })?;
+    let input_json = match &checked.input {
+        Some(input) => serde_json::from_str(&input.to_json_str()?)?,
+        None => serde_json::Value::Null,
     };
-    let decision = arbiter::decision::decide(outcome, &options, "eval".to_owned());
     let report = serde_json::json!({
-        "revision": policies.revision().to_string(),
+        "revision": revision,
         "input": input_json,
-        "allowed": decision.record.allowed,
-        "reason": decision.record.deny_reason.as_ref().map(|r| r.as_str()),
-        "error": decision.record.error,
-        "response": serde_json::to_value(&decision.response)?,
+        "allowed": checked.record.allowed,
+        "reason": checked.record.deny_reason.as_ref().map(|r| r.as_str()),
+        "error": checked.record.error,
+        "response": serde_json::to_value(&checked.response)?,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(if decision.record.allowed {
+    Ok(if checked.record.allowed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)

@@ -184,6 +184,8 @@ enum Sink {
     Json(Box<dyn std::io::Write + Send>),
     /// Through `tracing`, one line at a time, in its text format.
     Text,
+    /// Nowhere: for commands whose standard output is their report.
+    Discard,
 }
 
 impl Sink {
@@ -227,6 +229,7 @@ impl Sink {
                             }
                         }
                         Self::Text => line.emit(),
+                        Self::Discard => {}
                     }
                     written += 1;
                 }
@@ -277,11 +280,20 @@ impl DecisionLog {
         Self::with_queue(config, DECISION_QUEUE)
     }
 
+    /// A decision log that writes nothing (`arbiter eval` and `test`, whose
+    /// standard output is their report).
+    pub fn discard() -> Self {
+        Self::with_sink(&LogConfig::default(), DECISION_QUEUE, Sink::Discard)
+    }
+
     fn with_queue(config: &LogConfig, capacity: usize) -> Self {
+        Self::with_sink(config, capacity, Sink::open(config))
+    }
+
+    fn with_sink(config: &LogConfig, capacity: usize, mut sink: Sink) -> Self {
         let (queue, lines) = std::sync::mpsc::sync_channel::<DecisionLine>(capacity);
         let pending = std::sync::Arc::new(AtomicU64::new(0));
         let written = std::sync::Arc::clone(&pending);
-        let mut sink = Sink::open(config);
         let writer = std::thread::Builder::new()
             .name("decision-log".into())
             .spawn(move || {

@@ -1,7 +1,12 @@
 //! Every fixture and Rego unit test under `policies/`, run by `cargo test`
 //! through the same runner as `arbiter test`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -167,4 +172,63 @@ fn arbiter_check_warns_where_regorus_and_opa_differ() {
         ),
         "{stderr}"
     );
+}
+
+/// `arbiter eval` runs the pipeline `serve` runs: a valid token becomes
+/// `input.identity`, a forged one is denied as `serve` denies it.
+#[test]
+fn arbiter_eval_verifies_the_token_as_serve_does() {
+    use arbiter::identity::test_keys::{TestKey, jwks};
+    use jsonwebtoken::Algorithm;
+    let binary = env!("CARGO_BIN_EXE_arbiter");
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::generate("k1", Algorithm::RS256).unwrap();
+    let forger = TestKey::generate("k1", Algorithm::RS256).unwrap();
+    std::fs::write(dir.path().join("keys.json"), jwks(&[&key]).to_string()).unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/p.rego"),
+        "package envoy.authz\n\ndefault allow := false\n\nallow if input.identity.subject == \"alice\"\n",
+    )
+    .unwrap();
+    let config = dir.path().join("arbiter.toml");
+    std::fs::write(
+        &config,
+        "[policy]\npaths = [\"policies\"]\n\n[[identity.jwt]]\nname = \"idp\"\nissuer = \"https://idp.test\"\naudiences = [\"api\"]\njwks_file = \"keys.json\"\n",
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({"iss": "https://idp.test", "aud": "api", "sub": "alice", "iat": now, "exp": now + 600});
+    let eval = |token: &str| {
+        let request = dir.path().join("request.json");
+        std::fs::write(
+            &request,
+            serde_json::json!({"attributes": {"request": {"http": {
+                "method": "GET", "path": "/", "host": "api.test",
+                "headers": {"authorization": format!("Bearer {token}")}
+            }}}})
+            .to_string(),
+        )
+        .unwrap();
+        let out = Command::new(binary)
+            .args(["eval", "--config"])
+            .arg(&config)
+            .arg("--request")
+            .arg(&request)
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        (out.status.code(), report)
+    };
+    let (code, report) = eval(&key.sign(&claims).unwrap());
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["input"]["identity"]["subject"], "alice", "{report}");
+    assert_eq!(report["input"]["identity"]["provider"], "idp", "{report}");
+    let (code, report) = eval(&forger.sign(&claims).unwrap());
+    assert_eq!(code, Some(2), "{report}");
+    assert_eq!(report["reason"], "token_signature_invalid", "{report}");
 }

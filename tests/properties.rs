@@ -16,11 +16,11 @@ use std::sync::Arc;
 use arbiter::config::{BodyErrors, Config};
 use arbiter::context::source::{parse_hop, resolve};
 use arbiter::context::{ParsedPath, ParsedQuery, split_target};
+use arbiter::pipeline::Pipeline;
 use arbiter::policy::PolicySet;
 use arbiter::proto::auth::attribute_context::{HttpRequest, Peer, Request};
 use arbiter::proto::auth::{AttributeContext, CheckRequest};
 use arbiter::proto::core::{Address, SocketAddress, address, socket_address};
-use arbiter::server::Shared;
 use ipnet::IpNet;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use proptest::prelude::*;
@@ -350,19 +350,19 @@ fn no_input_makes_the_decision_path_panic_or_allow_a_deny() {
     let policies =
         PolicySet::from_sources(&[("deny.rego", DENY_ALL)], None, &config.policy).unwrap();
     let shared = runtime
-        .block_on(async { Arc::new(Shared::new(&config, policies, &reqwest::Client::new())) });
+        .block_on(async { Arc::new(Pipeline::new(&config, policies, &reqwest::Client::new())) });
     let defaults = Config::default();
     let policies =
         PolicySet::from_sources(&[("deny.rego", DENY_ALL)], None, &defaults.policy).unwrap();
     let by_default = runtime
-        .block_on(async { Arc::new(Shared::new(&defaults, policies, &reqwest::Client::new())) });
+        .block_on(async { Arc::new(Pipeline::new(&defaults, policies, &reqwest::Client::new())) });
     // The control: the same requests through a policy that reads the same
     // header as a boolean are all allowed, so the denies above come from
     // the policy's ill-typed answer, not from a path that denies anything.
     let control =
         PolicySet::from_sources(&[("allow.rego", ALLOW_ALL)], None, &config.policy).unwrap();
     let control = runtime
-        .block_on(async { Arc::new(Shared::new(&config, control, &reqwest::Client::new())) });
+        .block_on(async { Arc::new(Pipeline::new(&config, control, &reqwest::Client::new())) });
     let mut runner = proptest::test_runner::TestRunner::new(cases(512));
     runner
         .run(&check_request(), |request| {

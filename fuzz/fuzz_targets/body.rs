@@ -6,8 +6,6 @@
 #[path = "common.rs"]
 mod common;
 
-use arbiter::context::RequestContext;
-use arbiter::identity::Identity;
 use arbiter::proto::auth::attribute_context::HttpRequest;
 use libfuzzer_sys::fuzz_target;
 
@@ -41,6 +39,5 @@ fuzz_target!(|data: &[u8]| {
         ..Default::default()
     };
     let request = common::check_request(http);
-    let ctx = RequestContext::from_check(request, &common::OPTIONS);
-    common::decide_and_check(&ctx, &Identity::anonymous());
+    common::decide_and_check(request);
 });

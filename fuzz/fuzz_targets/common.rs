@@ -1,15 +1,15 @@
 #![allow(dead_code, reason = "each fuzz target uses part of it")]
 
-//! What the fuzz targets share: a config, and a policy that reads every
-//! part of the input and never allows, so that any allow is a bug.
+//! What the fuzz targets share: a config, a policy that reads every part of
+//! the input and never allows, so that any allow is a bug, and the decision
+//! pipeline `serve` runs, loaded with that policy.
 
 use std::path::Path;
 use std::sync::LazyLock;
 
 use arbiter::Config;
-use arbiter::context::{ParseOptions, RequestContext};
-use arbiter::decision::{self, DecisionOptions};
-use arbiter::identity::Identity;
+use arbiter::context::ParseOptions;
+use arbiter::pipeline::Pipeline;
 use arbiter::policy::PolicySet;
 use arbiter::proto::auth::attribute_context::{HttpRequest, Request};
 use arbiter::proto::auth::{AttributeContext, CheckRequest};
@@ -45,16 +45,27 @@ pub static POLICY: LazyLock<PolicySet> = LazyLock::new(|| {
         .expect("the fuzz policy compiles")
 });
 
-/// Decides a request with the policy that never allows, and checks that it was denied.
-pub fn decide_and_check(ctx: &RequestContext, identity: &Identity) {
-    let input = arbiter::input::build(ctx, identity, None);
-    let decision = decision::decide(
-        POLICY.decide(input),
-        &DecisionOptions::default(),
-        "fuzz".into(),
-    );
+pub static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+});
+
+pub static PIPELINE: LazyLock<Pipeline> = LazyLock::new(|| {
+    RUNTIME.block_on(async {
+        let policies = PolicySet::from_sources(&[("never.rego", NEVER_ALLOWS)], None, &CONFIG.policy)
+            .expect("the fuzz policy compiles");
+        Pipeline::new(&CONFIG, policies, &reqwest::Client::new()).without_decision_log()
+    })
+});
+
+/// Decides a request through the pipeline with the policy that never
+/// allows, and checks that it was denied.
+pub fn decide_and_check(request: CheckRequest) {
+    let checked = RUNTIME.block_on(PIPELINE.decide(request, false));
     assert!(
-        !decision.record.allowed,
+        !checked.record.allowed,
         "allowed although the policy never allows"
     );
 }

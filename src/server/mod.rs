@@ -4,27 +4,20 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
-use crate::config::{BodyErrors, OnInvalidToken};
-use crate::context::{ParseOptions, ParsedBody, RequestContext, split_target};
-use crate::decision::{self, DecisionOptions};
-use crate::identity::{Authentication, Authenticator, Identity};
 use crate::policy::{PolicyError, PolicySet};
 use crate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
 use crate::proto::auth::{CheckRequest, CheckResponse};
-use crate::proto::core::address;
-use crate::telemetry::{self, Metrics, RequestSummary};
 
-pub mod lane;
 pub mod tls;
+
+pub use crate::pipeline::{Checked, Pipeline, lane};
 
 /// Why Arbiter could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,9 +49,10 @@ impl Readiness {
     }
 }
 
-/// State shared by the gRPC service and the admin endpoints.
+/// A running Arbiter's state: the decision pipeline, and what operating it
+/// needs (readiness, reloads, the bundle source).
 pub struct Shared {
-    pub policies: ArcSwap<PolicySet>,
+    pub pipeline: Pipeline,
     pub reload_status: crate::policy::reload::ReloadStatus,
     /// The OPA bundle source, if one is configured.
     pub bundle: Option<Arc<crate::policy::reload::BundleFetcher>>,
@@ -67,65 +61,22 @@ pub struct Shared {
     reload_lock: tokio::sync::Mutex<()>,
     /// Reloads of the gRPC listener's certificates.
     pub tls_reload_status: crate::policy::reload::ReloadStatus,
-    pub authenticator: Authenticator,
-    pub metrics: Metrics,
     pub readiness: Readiness,
-    parse_options: Arc<ParseOptions>,
-    /// Slow evaluations and large bodies run here, off the async workers.
-    pub lane: lane::SlowLane,
-    /// How long a decision may evaluate on an async worker.
-    inline_budget: std::time::Duration,
-    eval_timeout: std::time::Duration,
-    /// Bodies at least this large are parsed in the slow lane.
-    lane_body_bytes: usize,
-    decision_options: DecisionOptions,
-    limiter: tokio::sync::Semaphore,
-    pub decision_log: telemetry::DecisionLog,
-    decision_timeout: std::time::Duration,
-    body_errors: crate::config::BodyErrors,
-    /// Data path of the device inventory, if configured.
-    inventory_path: Option<Vec<String>>,
 }
 
 impl Shared {
     /// State for a policy set that has already been loaded. Starts the
     /// identity providers' key refresh, so it must run inside Tokio.
     pub fn new(config: &Config, policies: PolicySet, http: &reqwest::Client) -> Self {
-        let reason_header = Some(config.decision.reason_header.clone()).filter(|h| !h.is_empty());
         Self {
-            policies: ArcSwap::from_pointee(policies),
+            pipeline: Pipeline::new(config, policies, http),
             reload_status: Default::default(),
             tls_reload_status: Default::default(),
             bundle: None,
             reload_lock: tokio::sync::Mutex::new(()),
-            authenticator: Authenticator::start(&config.identity, &config.device, http),
-            metrics: Metrics::default(),
             readiness: Readiness {
                 policies_loaded: AtomicBool::new(true),
                 shutting_down: AtomicBool::new(false),
-            },
-            parse_options: Arc::new(ParseOptions::from_config(config)),
-            lane: lane::SlowLane::start(&config.server.slow_lane),
-            inline_budget: config
-                .server
-                .slow_lane
-                .inline_budget
-                .min(config.policy.eval_timeout),
-            eval_timeout: config.policy.eval_timeout,
-            lane_body_bytes: config.server.slow_lane.body_bytes,
-            limiter: tokio::sync::Semaphore::new(config.server.max_concurrent_decisions),
-            decision_log: telemetry::DecisionLog::new(&config.log),
-            decision_timeout: config.server.decision_timeout,
-            body_errors: config.policy.body_errors,
-            inventory_path: config.device.inventory.as_ref().map(|p| {
-                p.split('/')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            }),
-            decision_options: DecisionOptions {
-                dry_run: config.decision.dry_run,
-                reason_header,
             },
         }
     }
@@ -140,217 +91,11 @@ impl Shared {
     /// Whether every part is ready: policies loaded, every provider's keys
     /// fetched, and not shutting down.
     pub fn is_ready(&self) -> bool {
-        self.readiness.is_ready() && self.authenticator.is_ready()
-    }
-
-    /// The deny for a request that could not be decided in time, or for
-    /// which the slow lane had no room.
-    fn undecided(&self, reason: decision::DenyReason) -> decision::Decision {
-        let decision = decision::unavailable(
-            reason,
-            &self.decision_options,
-            uuid::Uuid::new_v4().to_string(),
-        );
-        self.metrics.record_decision(
-            &decision.record,
-            self.decision_timeout,
-            std::time::Duration::ZERO,
-        );
-        let policies = self.policies.load();
-        let summary = RequestSummary {
-            revision: policies.revision().as_str(),
-            ..RequestSummary::default()
-        };
-        self.decision_log.write(
-            &decision.record,
-            &summary,
-            std::time::Duration::ZERO,
-            self.decision_timeout,
-        );
-        decision
-    }
-
-    /// Decides one CheckRequest: total, never an error.
-    pub async fn check(&self, request: CheckRequest) -> CheckResponse {
-        self.decide(request, false).await.response
-    }
-
-    /// Decides one CheckRequest and, when `keep_input` is set, also returns
-    /// the input document the policy saw (for `arbiter test` and `eval`).
-    pub async fn decide(&self, request: CheckRequest, keep_input: bool) -> Checked {
-        let started = Instant::now();
-        // Taken once: the request finishes on this set even if a reload swaps another in.
-        let policies = self.policies.load_full();
-        let ctx = match self.parse(request).await {
-            Ok(ctx) => ctx,
-            Err(lane::LaneFull) => {
-                let decision = self.undecided(decision::DenyReason::Overloaded);
-                return Checked {
-                    response: decision.response,
-                    record: decision.record,
-                    input: None,
-                };
-            }
-        };
-        let authentication = self.authenticator.authenticate(&ctx).await;
-        let decision_id = uuid::Uuid::new_v4().to_string();
-        let mut eval = std::time::Duration::ZERO;
-        let mut kept_input = None;
-        let mut device_id = None;
-        let unparsed_body = match (&ctx.body, self.body_errors) {
-            (ParsedBody::Invalid(why), BodyErrors::Deny) => Some(why.as_str()),
-            _ => None,
-        };
-        let decision = match (&authentication, unparsed_body) {
-            (
-                Authentication::Rejected {
-                    error,
-                    on_invalid: OnInvalidToken::Deny,
-                    ..
-                },
-                _,
-            ) => decision::reject_token(*error, &self.decision_options, decision_id),
-            (_, Some(why)) => decision::reject_body(why, &self.decision_options, decision_id),
-            _ => {
-                // Posture is verified only when the policy will see it.
-                let device = self
-                    .authenticator
-                    .device_posture(&ctx, &authentication)
-                    .await;
-                device_id = device.device_id().map(str::to_owned);
-                let inventory = self
-                    .inventory_path
-                    .as_ref()
-                    .map(|path| policies.data_at(path));
-                let identity = Identity {
-                    user: authentication.clone(),
-                    device,
-                };
-                let input = if keep_input {
-                    let full = crate::input::build(&ctx, &identity, inventory.as_ref());
-                    kept_input = Some(full.clone());
-                    full
-                } else {
-                    crate::input::build_reading(
-                        &ctx,
-                        &identity,
-                        inventory.as_ref(),
-                        policies.reads(),
-                    )
-                };
-                let eval_started = Instant::now();
-                let evaluation = self.evaluate(&policies, input).await;
-                eval = eval_started.elapsed();
-                match evaluation {
-                    Ok(evaluation) => {
-                        self.metrics.record_engine(evaluation.engine);
-                        decision::decide(evaluation.result, &self.decision_options, decision_id)
-                    }
-                    Err(lane::LaneFull) => decision::unavailable(
-                        decision::DenyReason::Overloaded,
-                        &self.decision_options,
-                        decision_id,
-                    ),
-                }
-            }
-        };
-        let total = started.elapsed();
-        self.metrics.record_decision(&decision.record, total, eval);
-        let http = ctx.http();
-        let source = ctx.attributes.source.as_ref();
-        let source_address = source
-            .and_then(|s| s.address.as_ref())
-            .and_then(|a| match &a.address {
-                Some(address::Address::SocketAddress(s)) => Some(s.address.as_str()),
-                _ => None,
-            })
-            .unwrap_or_default();
-        let (subject, provider) = match &authentication {
-            Authentication::Verified(t) => (
-                t.subject.as_deref().unwrap_or_default(),
-                t.provider.as_str(),
-            ),
-            Authentication::Rejected { provider, .. } => {
-                ("", provider.as_deref().unwrap_or_default())
-            }
-            Authentication::Anonymous => ("", ""),
-        };
-        let summary = RequestSummary {
-            revision: policies.revision().as_str(),
-            method: http.map(|h| h.method.as_str()).unwrap_or_default(),
-            host: http.map(|h| h.host.as_str()).unwrap_or_default(),
-            path: http.map(|h| split_target(&h.path).0).unwrap_or_default(),
-            source_address,
-            source_principal: source.map(|s| s.principal.as_str()).unwrap_or_default(),
-            subject,
-            provider,
-            device_id: device_id.as_deref().unwrap_or_default(),
-        };
-        self.decision_log
-            .write(&decision.record, &summary, eval, total);
-        Checked {
-            response: decision.response,
-            record: decision.record,
-            input: kept_input,
-        }
-    }
-
-    /// The request, parsed: on the async worker, or in the slow lane when
-    /// its body is large.
-    async fn parse(&self, request: CheckRequest) -> Result<RequestContext, lane::LaneFull> {
-        let body = request
-            .attributes
-            .as_ref()
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref())
-            .map_or(0, |h| h.body.len() + h.raw_body.len());
-        if body < self.lane_body_bytes {
-            return Ok(RequestContext::from_check(request, &self.parse_options));
-        }
-        let options = Arc::clone(&self.parse_options);
-        self.lane
-            .run(move || RequestContext::from_check(request, &options))
-            .await
-    }
-
-    /// The decision on the async worker within the inline budget; past it,
-    /// evaluated again in the slow lane with what remains of `eval_timeout`.
-    async fn evaluate(
-        &self,
-        policies: &Arc<PolicySet>,
-        input: regorus::Value,
-    ) -> Result<crate::policy::Evaluation, lane::LaneFull> {
-        let started = Instant::now();
-        let inline = policies.evaluate_decision_within(input.clone(), self.inline_budget);
-        let timed_out = matches!(inline.result, Err(PolicyError::Timeout { .. }));
-        if !timed_out || self.inline_budget >= self.eval_timeout {
-            return Ok(inline);
-        }
-        let remaining = self.eval_timeout.saturating_sub(started.elapsed());
-        let policies = Arc::clone(policies);
-        let limit_ms = self.eval_timeout.as_millis();
-        let mut evaluation = self
-            .lane
-            .run(move || policies.evaluate_decision_within(input, remaining))
-            .await?;
-        // The limit that ran out is eval_timeout, spent in two parts.
-        if let Err(PolicyError::Timeout { .. }) = evaluation.result {
-            evaluation.result = Err(PolicyError::Timeout { limit_ms });
-        }
-        Ok(evaluation)
+        self.readiness.is_ready() && self.pipeline.authenticator.is_ready()
     }
 }
 
-/// One decision with what led to it.
-#[derive(Debug)]
-pub struct Checked {
-    pub response: CheckResponse,
-    pub record: decision::DecisionRecord,
-    /// The input document, when asked for and when the policy was consulted.
-    pub input: Option<regorus::Value>,
-}
-
-/// `envoy.service.auth.v3.Authorization`, a thin adapter over [`Shared::check`].
+/// `envoy.service.auth.v3.Authorization`, a thin adapter over [`Pipeline::check_within_limits`].
 #[derive(Clone)]
 pub struct CheckService {
     shared: Arc<Shared>,
@@ -362,32 +107,13 @@ impl Authorization for CheckService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let deadline = grpc_timeout(request.metadata())
-            .map(|t| t.mul_f64(0.9))
-            .map_or(self.shared.decision_timeout, |t| {
-                t.min(self.shared.decision_timeout)
-            });
-        let request = request.into_inner();
-        let shared = &self.shared;
-        let _in_flight = shared.metrics.enter();
-        let admitted = std::sync::atomic::AtomicBool::new(false);
-        let work = async {
-            // Waiting here is the back-pressure; the deadline bounds it.
-            let _permit = shared.limiter.acquire().await;
-            admitted.store(true, Ordering::Relaxed);
-            shared.check(request).await
-        };
-        let response = match tokio::time::timeout(deadline, work).await {
-            Ok(response) => response,
-            Err(_) => {
-                let reason = if admitted.load(Ordering::Relaxed) {
-                    decision::DenyReason::DeadlineExceeded
-                } else {
-                    decision::DenyReason::Overloaded
-                };
-                shared.undecided(reason).response
-            }
-        };
+        // Answered a tenth early, so that the deny reaches Envoy in time.
+        let deadline = grpc_timeout(request.metadata()).map(|t| t.mul_f64(0.9));
+        let response = self
+            .shared
+            .pipeline
+            .check_within_limits(request.into_inner(), deadline)
+            .await;
         Ok(Response::new(response))
     }
 }
@@ -438,6 +164,7 @@ impl Running {
         }
         let _ = self.admin_task.await;
         self.shared
+            .pipeline
             .decision_log
             .flush(std::time::Duration::from_secs(5))
             .await;
@@ -480,6 +207,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     }
     let shared = Arc::new(shared);
     if !shared
+        .pipeline
         .authenticator
         .wait_ready(config.identity.startup_grace)
         .await
@@ -607,7 +335,7 @@ fn record_refusal(shared: &Shared, response: &http::Response<tonic::body::Body>)
     if status.code() == tonic::Code::Ok {
         return;
     }
-    shared.metrics.record_refusal(status.code());
+    shared.pipeline.metrics.record_refusal(status.code());
     tracing::warn!(
         code = ?status.code(),
         message = status.message(),
@@ -623,7 +351,7 @@ async fn watch_for_reload(
     mut shutdown: watch::Receiver<bool>,
 ) {
     use crate::policy::reload;
-    let key_files = shared.authenticator.key_files();
+    let key_files = shared.pipeline.authenticator.key_files();
     let mut policy_print = reload::fingerprint(&policy.paths);
     let mut keys_print = reload::fingerprint(&key_files);
     let tls_files = tls.as_ref().map(|t| t.paths()).unwrap_or_default();
@@ -659,7 +387,7 @@ async fn watch_for_reload(
         if forced && let Some(fetcher) = &shared.bundle {
             let _guard = shared.reload_lock.lock().await;
             fetcher
-                .poll(&policy, &shared.policies, &shared.reload_status)
+                .poll(&policy, &shared.pipeline.policies, &shared.reload_status)
                 .await;
         }
         let now = reload::fingerprint(&policy.paths);
@@ -667,12 +395,18 @@ async fn watch_for_reload(
             policy_print = now;
             let _guard = shared.reload_lock.lock().await;
             let bundle = shared.bundle.as_ref().and_then(|b| b.current());
-            let _ = reload::reload(&policy, bundle, &shared.policies, &shared.reload_status).await;
+            let _ = reload::reload(
+                &policy,
+                bundle,
+                &shared.pipeline.policies,
+                &shared.reload_status,
+            )
+            .await;
         }
         let now = reload::fingerprint(&key_files);
         if forced || now != keys_print {
             keys_print = now;
-            shared.authenticator.reload_key_files().await;
+            shared.pipeline.authenticator.reload_key_files().await;
         }
         if let Some(tls) = &tls {
             let now = reload::fingerprint(&tls_files);
@@ -698,7 +432,7 @@ async fn poll_bundle(
         }
         let _guard = shared.reload_lock.lock().await;
         fetcher
-            .poll(&policy, &shared.policies, &shared.reload_status)
+            .poll(&policy, &shared.pipeline.policies, &shared.reload_status)
             .await;
     }
 }

@@ -1,0 +1,337 @@
+//! The one decision pipeline: request -> context -> identity -> input ->
+//! policy -> decision, with the limits, metrics and decision log every
+//! decision shares. Every front door (gRPC, the HTTP front doors), `arbiter
+//! eval`, the fixture runner, the benches and the fuzz targets decide
+//! through [`Pipeline::decide`]; a front door only translates its protocol
+//! into a `CheckRequest` and the decision back.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+use crate::config::{BodyErrors, Config, OnInvalidToken};
+use crate::context::{ParseOptions, ParsedBody, RequestContext, split_target};
+use crate::decision::{self, DecisionOptions};
+use crate::identity::{Authentication, Authenticator, Identity};
+use crate::policy::{PolicyError, PolicySet};
+use crate::proto::auth::{CheckRequest, CheckResponse};
+use crate::proto::core::address;
+use crate::telemetry::{self, Metrics, RequestSummary};
+
+pub mod lane;
+
+/// Every stage of a decision and what they share: the current policy set,
+/// the identity providers, the slow lane, the limits, metrics and the
+/// decision log.
+pub struct Pipeline {
+    pub policies: ArcSwap<PolicySet>,
+    pub authenticator: Authenticator,
+    pub metrics: Metrics,
+    parse_options: Arc<ParseOptions>,
+    /// Slow evaluations and large bodies run here, off the async workers.
+    pub lane: lane::SlowLane,
+    /// How long a decision may evaluate on an async worker.
+    inline_budget: Duration,
+    eval_timeout: Duration,
+    /// Bodies at least this large are parsed in the slow lane.
+    lane_body_bytes: usize,
+    decision_options: DecisionOptions,
+    limiter: tokio::sync::Semaphore,
+    pub decision_log: telemetry::DecisionLog,
+    decision_timeout: Duration,
+    body_errors: crate::config::BodyErrors,
+    /// Data path of the device inventory, if configured.
+    inventory_path: Option<Vec<String>>,
+}
+
+impl Pipeline {
+    /// The pipeline for a policy set that has already been loaded. Starts
+    /// the identity providers' key refresh, so it must run inside Tokio.
+    pub fn new(config: &Config, policies: PolicySet, http: &reqwest::Client) -> Self {
+        let reason_header = Some(config.decision.reason_header.clone()).filter(|h| !h.is_empty());
+        Self {
+            policies: ArcSwap::from_pointee(policies),
+            authenticator: Authenticator::start(&config.identity, &config.device, http),
+            metrics: Metrics::default(),
+            parse_options: Arc::new(ParseOptions::from_config(config)),
+            lane: lane::SlowLane::start(&config.server.slow_lane),
+            inline_budget: config
+                .server
+                .slow_lane
+                .inline_budget
+                .min(config.policy.eval_timeout),
+            eval_timeout: config.policy.eval_timeout,
+            lane_body_bytes: config.server.slow_lane.body_bytes,
+            limiter: tokio::sync::Semaphore::new(config.server.max_concurrent_decisions),
+            decision_log: telemetry::DecisionLog::new(&config.log),
+            decision_timeout: config.server.decision_timeout,
+            body_errors: config.policy.body_errors,
+            inventory_path: config.device.inventory.as_ref().map(|p| {
+                p.split('/')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            }),
+            decision_options: DecisionOptions {
+                dry_run: config.decision.dry_run,
+                reason_header,
+            },
+        }
+    }
+
+    /// The same pipeline with its decision log switched off, for commands
+    /// whose standard output is their report.
+    #[must_use]
+    pub fn without_decision_log(mut self) -> Self {
+        self.decision_log = telemetry::DecisionLog::discard();
+        self
+    }
+
+    /// The deny for a request that could not be decided in time, or for
+    /// which the slow lane had no room.
+    pub fn undecided(&self, reason: decision::DenyReason) -> decision::Decision {
+        let decision = decision::unavailable(
+            reason,
+            &self.decision_options,
+            uuid::Uuid::new_v4().to_string(),
+        );
+        self.metrics
+            .record_decision(&decision.record, self.decision_timeout, Duration::ZERO);
+        let policies = self.policies.load();
+        let summary = RequestSummary {
+            revision: policies.revision().as_str(),
+            ..RequestSummary::default()
+        };
+        self.decision_log.write(
+            &decision.record,
+            &summary,
+            Duration::ZERO,
+            self.decision_timeout,
+        );
+        decision
+    }
+
+    /// Decides one CheckRequest: total, never an error.
+    pub async fn check(&self, request: CheckRequest) -> CheckResponse {
+        self.decide(request, false).await.response
+    }
+
+    /// Decides one CheckRequest and, when `keep_input` is set, also returns
+    /// the input document the policy saw (for `arbiter test` and `eval`).
+    pub async fn decide(&self, request: CheckRequest, keep_input: bool) -> Checked {
+        let started = Instant::now();
+        // Taken once: the request finishes on this set even if a reload swaps another in.
+        let policies = self.policies.load_full();
+        let ctx = match self.parse(request).await {
+            Ok(ctx) => ctx,
+            Err(lane::LaneFull) => {
+                let decision = self.undecided(decision::DenyReason::Overloaded);
+                return Checked {
+                    response: decision.response,
+                    record: decision.record,
+                    input: None,
+                };
+            }
+        };
+        let authentication = self.authenticator.authenticate(&ctx).await;
+        let decision_id = uuid::Uuid::new_v4().to_string();
+        let mut eval = Duration::ZERO;
+        let mut kept_input = None;
+        let mut device_id = None;
+        let unparsed_body = match (&ctx.body, self.body_errors) {
+            (ParsedBody::Invalid(why), BodyErrors::Deny) => Some(why.as_str()),
+            _ => None,
+        };
+        let decision = match (&authentication, unparsed_body) {
+            (
+                Authentication::Rejected {
+                    error,
+                    on_invalid: OnInvalidToken::Deny,
+                    ..
+                },
+                _,
+            ) => decision::reject_token(*error, &self.decision_options, decision_id),
+            (_, Some(why)) => decision::reject_body(why, &self.decision_options, decision_id),
+            _ => {
+                // Posture is verified only when the policy will see it.
+                let device = self
+                    .authenticator
+                    .device_posture(&ctx, &authentication)
+                    .await;
+                device_id = device.device_id().map(str::to_owned);
+                let inventory = self
+                    .inventory_path
+                    .as_ref()
+                    .map(|path| policies.data_at(path));
+                let identity = Identity {
+                    user: authentication.clone(),
+                    device,
+                };
+                let input = if keep_input {
+                    let full = crate::input::build(&ctx, &identity, inventory.as_ref());
+                    kept_input = Some(full.clone());
+                    full
+                } else {
+                    crate::input::build_reading(
+                        &ctx,
+                        &identity,
+                        inventory.as_ref(),
+                        policies.reads(),
+                    )
+                };
+                let eval_started = Instant::now();
+                let evaluation = self.evaluate(&policies, input).await;
+                eval = eval_started.elapsed();
+                match evaluation {
+                    Ok(evaluation) => {
+                        self.metrics.record_engine(evaluation.engine);
+                        decision::decide(evaluation.result, &self.decision_options, decision_id)
+                    }
+                    Err(lane::LaneFull) => decision::unavailable(
+                        decision::DenyReason::Overloaded,
+                        &self.decision_options,
+                        decision_id,
+                    ),
+                }
+            }
+        };
+        let total = started.elapsed();
+        self.metrics.record_decision(&decision.record, total, eval);
+        let http = ctx.http();
+        let source = ctx.attributes.source.as_ref();
+        let source_address = source
+            .and_then(|s| s.address.as_ref())
+            .and_then(|a| match &a.address {
+                Some(address::Address::SocketAddress(s)) => Some(s.address.as_str()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let (subject, provider) = match &authentication {
+            Authentication::Verified(t) => (
+                t.subject.as_deref().unwrap_or_default(),
+                t.provider.as_str(),
+            ),
+            Authentication::Rejected { provider, .. } => {
+                ("", provider.as_deref().unwrap_or_default())
+            }
+            Authentication::Anonymous => ("", ""),
+        };
+        let summary = RequestSummary {
+            revision: policies.revision().as_str(),
+            method: http.map(|h| h.method.as_str()).unwrap_or_default(),
+            host: http.map(|h| h.host.as_str()).unwrap_or_default(),
+            path: http.map(|h| split_target(&h.path).0).unwrap_or_default(),
+            source_address,
+            source_principal: source.map(|s| s.principal.as_str()).unwrap_or_default(),
+            subject,
+            provider,
+            device_id: device_id.as_deref().unwrap_or_default(),
+        };
+        self.decision_log
+            .write(&decision.record, &summary, eval, total);
+        Checked {
+            response: decision.response,
+            record: decision.record,
+            input: kept_input,
+        }
+    }
+
+    /// The request, parsed: on the async worker, or in the slow lane when
+    /// its body is large.
+    async fn parse(&self, request: CheckRequest) -> Result<RequestContext, lane::LaneFull> {
+        let body = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .map_or(0, |h| h.body.len() + h.raw_body.len());
+        if body < self.lane_body_bytes {
+            return Ok(RequestContext::from_check(request, &self.parse_options));
+        }
+        let options = Arc::clone(&self.parse_options);
+        self.lane
+            .run(move || RequestContext::from_check(request, &options))
+            .await
+    }
+
+    /// The decision on the async worker within the inline budget; past it,
+    /// evaluated again in the slow lane with what remains of `eval_timeout`.
+    async fn evaluate(
+        &self,
+        policies: &Arc<PolicySet>,
+        input: regorus::Value,
+    ) -> Result<crate::policy::Evaluation, lane::LaneFull> {
+        let started = Instant::now();
+        let inline = policies.evaluate_decision_within(input.clone(), self.inline_budget);
+        let timed_out = matches!(inline.result, Err(PolicyError::Timeout { .. }));
+        if !timed_out || self.inline_budget >= self.eval_timeout {
+            return Ok(inline);
+        }
+        let remaining = self.eval_timeout.saturating_sub(started.elapsed());
+        let policies = Arc::clone(policies);
+        let limit_ms = self.eval_timeout.as_millis();
+        let mut evaluation = self
+            .lane
+            .run(move || policies.evaluate_decision_within(input, remaining))
+            .await?;
+        // The limit that ran out is eval_timeout, spent in two parts.
+        if let Err(PolicyError::Timeout { .. }) = evaluation.result {
+            evaluation.result = Err(PolicyError::Timeout { limit_ms });
+        }
+        Ok(evaluation)
+    }
+
+    /// Runs `work` under the limits every front door shares: it waits for
+    /// one of `max_concurrent_decisions` slots, and is given up at the
+    /// caller's deadline (capped by `decision_timeout`), when `undecided`
+    /// makes the answer: `overloaded` if it never got a slot, else
+    /// `deadline_exceeded`.
+    pub async fn within_limits<T>(
+        &self,
+        caller_deadline: Option<Duration>,
+        work: impl std::future::Future<Output = T>,
+        undecided: impl FnOnce(decision::DenyReason) -> T,
+    ) -> T {
+        let deadline =
+            caller_deadline.map_or(self.decision_timeout, |t| t.min(self.decision_timeout));
+        let _in_flight = self.metrics.enter();
+        let admitted = std::sync::atomic::AtomicBool::new(false);
+        let admitted_work = async {
+            // Waiting here is the back-pressure; the deadline bounds it.
+            let _permit = self.limiter.acquire().await;
+            admitted.store(true, std::sync::atomic::Ordering::Relaxed);
+            work.await
+        };
+        match tokio::time::timeout(deadline, admitted_work).await {
+            Ok(done) => done,
+            Err(_) => undecided(if admitted.load(std::sync::atomic::Ordering::Relaxed) {
+                decision::DenyReason::DeadlineExceeded
+            } else {
+                decision::DenyReason::Overloaded
+            }),
+        }
+    }
+
+    /// Decides one CheckRequest under the shared limits: what every
+    /// front door that speaks ext_authz calls.
+    pub async fn check_within_limits(
+        &self,
+        request: CheckRequest,
+        caller_deadline: Option<Duration>,
+    ) -> CheckResponse {
+        self.within_limits(caller_deadline, self.check(request), |reason| {
+            self.undecided(reason).response
+        })
+        .await
+    }
+}
+
+/// One decision with what led to it.
+#[derive(Debug)]
+pub struct Checked {
+    pub response: CheckResponse,
+    pub record: decision::DecisionRecord,
+    /// The input document, when asked for and when the policy was consulted.
+    pub input: Option<regorus::Value>,
+}
