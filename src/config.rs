@@ -30,6 +30,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
+    pub http: HttpConfig,
     pub admin: AdminConfig,
     pub policy: PolicyConfig,
     pub decision: DecisionConfig,
@@ -214,6 +215,28 @@ impl Default for ServerConfig {
             max_concurrent_decisions: 1024,
             decision_timeout: Duration::from_millis(200),
             slow_lane: SlowLaneConfig::default(),
+        }
+    }
+}
+
+/// The HTTP front doors: Envoy's HTTP ext_authz (`/envoy/...`),
+/// forward-auth for nginx, Caddy and Traefik (`/forward-auth`) and OPA's
+/// Data API (`/v1/data/...`), on one listener (HTTP/1.1 and h2c).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Where to listen; the front doors are off without it.
+    pub addr: Option<SocketAddr>,
+    /// Whether a forward-auth caller on loopback (a proxy on the same host
+    /// or in the same pod) is trusted like one in `trusted_proxies`.
+    pub trust_loopback: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            addr: None,
+            trust_loopback: true,
         }
     }
 }

@@ -485,6 +485,28 @@ pub struct Metrics {
     rvm_fallbacks: AtomicU64,
     /// Checked decisions where the VM and the interpreter disagreed.
     rvm_mismatches: AtomicU64,
+    /// HTTP front door requests, by door and status class (2xx, 4xx, 5xx).
+    http_requests: [[AtomicU64; 3]; FrontDoor::ALL.len()],
+}
+
+/// The HTTP front doors, as metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrontDoor {
+    EnvoyHttp,
+    ForwardAuth,
+    OpaData,
+}
+
+impl FrontDoor {
+    pub const ALL: [Self; 3] = [Self::EnvoyHttp, Self::ForwardAuth, Self::OpaData];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::EnvoyHttp => "envoy_http",
+            Self::ForwardAuth => "forward_auth",
+            Self::OpaData => "opa_data",
+        }
+    }
 }
 
 /// One Check call counted in `arbiter_decisions_in_flight` until it is dropped.
@@ -515,6 +537,22 @@ impl Metrics {
     pub fn enter(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(&self.in_flight)
+    }
+
+    /// Counts one answer of an HTTP front door.
+    pub fn record_http(&self, door: FrontDoor, status: u16) {
+        let class = match status {
+            200..=399 => 0,
+            400..=499 => 1,
+            _ => 2,
+        };
+        if let Some(counter) = self
+            .http_requests
+            .get(door as usize)
+            .and_then(|by_class| by_class.get(class))
+        {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts a call refused with gRPC status `code` before any decision.
@@ -615,6 +653,24 @@ impl Metrics {
                     out,
                     "arbiter_grpc_refusals_total{{code=\"{:?}\"}} {count}",
                     tonic::Code::from(i32::try_from(code).unwrap_or_default())
+                );
+            }
+        }
+        out.push_str(
+            "# HELP arbiter_http_requests_total Requests answered by the HTTP front doors, by door and status class.\n",
+        );
+        out.push_str("# TYPE arbiter_http_requests_total counter\n");
+        for door in FrontDoor::ALL {
+            for (class, label) in ["2xx", "4xx", "5xx"].iter().enumerate() {
+                let count = self
+                    .http_requests
+                    .get(door as usize)
+                    .and_then(|by_class| by_class.get(class))
+                    .map_or(0, |c| c.load(Ordering::Relaxed));
+                let _ = writeln!(
+                    out,
+                    "arbiter_http_requests_total{{door=\"{}\",status=\"{label}\"}} {count}",
+                    door.label()
                 );
             }
         }

@@ -39,7 +39,34 @@ impl ParseOptions {
             trust_domains: config.context.trust_domains.clone(),
         }
     }
+
+    /// For requests a proxy forwarded for authorization (forward-auth):
+    /// the configured proxies and, unless `[http] trust_loopback = false`,
+    /// loopback, where such a proxy usually runs.
+    pub fn forwarded(config: &crate::config::Config) -> Self {
+        let mut options = Self::from_config(config);
+        if config.http.trust_loopback {
+            options.trusted_proxies.extend(LOOPBACK.iter().copied());
+        }
+        options
+    }
 }
+
+/// 127.0.0.0/8 and ::1, trusted as forward-auth callers by default.
+pub const LOOPBACK: [IpNet; 2] = [
+    IpNet::V4(
+        match ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(127, 0, 0, 0), 8) {
+            Ok(net) => net,
+            Err(_) => unreachable!(),
+        },
+    ),
+    IpNet::V6(
+        match ipnet::Ipv6Net::new(std::net::Ipv6Addr::LOCALHOST, 128) {
+            Ok(net) => net,
+            Err(_) => unreachable!(),
+        },
+    ),
+];
 
 /// One CheckRequest, parsed once at the edge.
 #[derive(Debug)]

@@ -29,6 +29,9 @@ pub struct Pipeline {
     pub authenticator: Authenticator,
     pub metrics: Metrics,
     parse_options: Arc<ParseOptions>,
+    /// As `parse_options`, with loopback trusted too: forward-auth callers
+    /// are trusted proxies by construction (the door refuses any other).
+    forwarded_options: Arc<ParseOptions>,
     /// Slow evaluations and large bodies run here, off the async workers.
     pub lane: lane::SlowLane,
     /// How long a decision may evaluate on an async worker.
@@ -55,6 +58,7 @@ impl Pipeline {
             authenticator: Authenticator::start(&config.identity, &config.device, http),
             metrics: Metrics::default(),
             parse_options: Arc::new(ParseOptions::from_config(config)),
+            forwarded_options: Arc::new(ParseOptions::forwarded(config)),
             lane: lane::SlowLane::start(&config.server.slow_lane),
             inline_budget: config
                 .server
@@ -78,6 +82,17 @@ impl Pipeline {
                 reason_header,
             },
         }
+    }
+
+    /// The callers whose forward-auth requests are answered: the trusted
+    /// proxies, and loopback unless `[http] trust_loopback = false`.
+    pub fn forwarders(&self) -> &[ipnet::IpNet] {
+        &self.forwarded_options.trusted_proxies
+    }
+
+    /// The header that carries a deny's reason to the client, if any.
+    pub fn reason_header(&self) -> Option<&str> {
+        self.decision_options.reason_header.as_deref()
     }
 
     /// The same pipeline with its decision log switched off, for commands
@@ -120,10 +135,27 @@ impl Pipeline {
     /// Decides one CheckRequest and, when `keep_input` is set, also returns
     /// the input document the policy saw (for `arbiter test` and `eval`).
     pub async fn decide(&self, request: CheckRequest, keep_input: bool) -> Checked {
+        self.decide_parsed_with(request, keep_input, Arc::clone(&self.parse_options))
+            .await
+    }
+
+    /// As [`Pipeline::decide`], for a request a trusted proxy forwarded
+    /// (forward-auth): its `X-Forwarded-For` is walked with loopback trusted.
+    pub async fn decide_forwarded(&self, request: CheckRequest) -> Checked {
+        self.decide_parsed_with(request, false, Arc::clone(&self.forwarded_options))
+            .await
+    }
+
+    async fn decide_parsed_with(
+        &self,
+        request: CheckRequest,
+        keep_input: bool,
+        options: Arc<ParseOptions>,
+    ) -> Checked {
         let started = Instant::now();
         // Taken once: the request finishes on this set even if a reload swaps another in.
         let policies = self.policies.load_full();
-        let ctx = match self.parse(request).await {
+        let ctx = match self.parse(request, options).await {
             Ok(ctx) => ctx,
             Err(lane::LaneFull) => {
                 let decision = self.undecided(decision::DenyReason::Overloaded);
@@ -239,7 +271,11 @@ impl Pipeline {
 
     /// The request, parsed: on the async worker, or in the slow lane when
     /// its body is large.
-    async fn parse(&self, request: CheckRequest) -> Result<RequestContext, lane::LaneFull> {
+    async fn parse(
+        &self,
+        request: CheckRequest,
+        options: Arc<ParseOptions>,
+    ) -> Result<RequestContext, lane::LaneFull> {
         let body = request
             .attributes
             .as_ref()
@@ -247,9 +283,8 @@ impl Pipeline {
             .and_then(|r| r.http.as_ref())
             .map_or(0, |h| h.body.len() + h.raw_body.len());
         if body < self.lane_body_bytes {
-            return Ok(RequestContext::from_check(request, &self.parse_options));
+            return Ok(RequestContext::from_check(request, &options));
         }
-        let options = Arc::clone(&self.parse_options);
         self.lane
             .run(move || RequestContext::from_check(request, &options))
             .await
@@ -280,6 +315,39 @@ impl Pipeline {
             evaluation.result = Err(PolicyError::Timeout { limit_ms });
         }
         Ok(evaluation)
+    }
+
+    /// The value of the document at `data.<path>` for `input` (OPA's Data
+    /// API): on the async worker within the inline budget, past it in the
+    /// slow lane with what remains of `eval_timeout`.
+    ///
+    /// # Errors
+    /// The evaluation failed or ran out of time, or the slow lane was full.
+    pub async fn query_document(
+        &self,
+        path: Vec<String>,
+        input: regorus::Value,
+    ) -> Result<regorus::Value, DocumentError> {
+        let started = Instant::now();
+        let policies = self.policies.load_full();
+        let inline = policies.query_path(&path, input.clone(), self.inline_budget);
+        let result = match inline {
+            Err(PolicyError::Timeout { .. }) if self.inline_budget < self.eval_timeout => {
+                let remaining = self.eval_timeout.saturating_sub(started.elapsed());
+                let limit_ms = self.eval_timeout.as_millis();
+                self.lane
+                    .run(move || policies.query_path(&path, input, remaining))
+                    .await
+                    .map_err(|lane::LaneFull| DocumentError::Overloaded)?
+                    .map_err(|e| match e {
+                        PolicyError::Timeout { .. } => PolicyError::Timeout { limit_ms },
+                        other => other,
+                    })
+            }
+            other => other,
+        };
+        self.metrics.eval_latency.observe(started.elapsed());
+        result.map_err(DocumentError::Policy)
     }
 
     /// Runs `work` under the limits every front door shares: it waits for
@@ -325,6 +393,15 @@ impl Pipeline {
         })
         .await
     }
+}
+
+/// Why a document could not be given.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    #[error(transparent)]
+    Policy(PolicyError),
+    #[error("too many evaluations waiting: the slow lane is full")]
+    Overloaded,
 }
 
 /// One decision with what led to it.

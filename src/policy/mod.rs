@@ -569,6 +569,41 @@ impl PolicySet {
         }
     }
 
+    /// The document at `data.<path>` (a rule, a package or plain data) for
+    /// one input, as OPA's Data API gives it: `Undefined` when there is none.
+    ///
+    /// # Errors
+    /// The evaluation failed or ran past `limit`.
+    pub fn query_path(
+        &self,
+        path: &[String],
+        input: Value,
+        limit: std::time::Duration,
+    ) -> Result<Value, PolicyError> {
+        let mut query = String::from("data");
+        for segment in path {
+            query.push('[');
+            query.push_str(&serde_json::Value::from(segment.as_str()).to_string());
+            query.push(']');
+        }
+        let mut engine = self.engine_within(limit);
+        engine.set_input(input);
+        let results = engine.eval_query(query, false);
+        log_prints(&mut engine);
+        let results = results.map_err(|e| classify(&e, limit))?;
+        let mut values = results
+            .result
+            .into_iter()
+            .filter_map(|r| r.expressions.into_iter().next().map(|e| e.value));
+        match (values.next(), values.next()) {
+            (None, _) => Ok(Value::Undefined),
+            (Some(value), None) => Ok(value),
+            (Some(_), Some(_)) => Err(PolicyError::Evaluation {
+                message: "the document has more than one value".into(),
+            }),
+        }
+    }
+
     /// A clone of the prepared engine whose evaluations stop at `limit`.
     fn engine_within(&self, limit: std::time::Duration) -> Engine {
         let mut engine = self.template.clone();

@@ -15,6 +15,7 @@ use crate::policy::{PolicyError, PolicySet};
 use crate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
 use crate::proto::auth::{CheckRequest, CheckResponse};
 
+pub mod front_doors;
 pub mod tls;
 
 pub use crate::pipeline::{Checked, Pipeline, lane};
@@ -140,11 +141,14 @@ fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Du
 pub struct Running {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The HTTP front doors' address, when `[http] addr` is set.
+    pub http_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     health: tonic_health::server::HealthReporter,
     grpc_task: JoinHandle<Result<(), tonic::transport::Error>>,
     admin_task: JoinHandle<std::io::Result<()>>,
+    http_task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl Running {
@@ -163,6 +167,13 @@ impl Running {
             Ok(Ok(())) => {}
         }
         let _ = self.admin_task.await;
+        if let Some(task) = self.http_task {
+            match task.await {
+                Ok(Err(e)) => tracing::error!(error = %e, "HTTP front doors failed"),
+                Err(e) => tracing::error!(error = %e, "HTTP front doors task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
         self.shared
             .pipeline
             .decision_log
@@ -222,6 +233,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let admin_listener = bind("admin", config.admin.addr).await?;
     let grpc_addr = local_addr("gRPC", config.server.grpc_addr, &grpc_listener)?;
     let admin_addr = local_addr("admin", config.admin.addr, &admin_listener)?;
+    let http_listener = match config.http.addr {
+        Some(addr) => {
+            let listener = bind("HTTP front doors", addr).await?;
+            let bound = local_addr("HTTP front doors", addr, &listener)?;
+            Some((listener, bound))
+        }
+        None => None,
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -286,15 +305,26 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             stopped,
         )),
     };
+    let http_addr = http_listener.as_ref().map(|(_, addr)| *addr);
+    let http_task = http_listener.map(|(listener, _)| {
+        tokio::spawn(front_doors::serve(
+            listener,
+            Arc::clone(&shared),
+            config.server.max_request_bytes,
+            shutdown_rx.clone(),
+        ))
+    });
     let admin_task = tokio::spawn(crate::admin::serve(
         admin_listener,
         Arc::clone(&shared),
         shutdown_rx,
     ));
-    tracing::info!(%grpc_addr, %admin_addr, "arbiter serving");
+    tracing::info!(%grpc_addr, %admin_addr, http_addr = ?http_addr, "arbiter serving");
     Ok(Running {
         grpc_addr,
         admin_addr,
+        http_addr,
+        http_task,
         shared,
         shutdown,
         health,

@@ -48,6 +48,15 @@ impl TestArbiter {
             .unwrap()
     }
 
+    /// A URL on the HTTP front doors' listener (`[http] addr` must be set).
+    pub fn http_url(&self, path: &str) -> String {
+        let addr = self
+            .running
+            .http_addr
+            .expect("the test config sets [http] addr");
+        format!("http://{addr}{path}")
+    }
+
     /// The admin endpoint `/metrics`, as text.
     pub async fn metrics(&self) -> String {
         let url = format!("http://{}/metrics", self.running.admin_addr);

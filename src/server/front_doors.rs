@@ -1,0 +1,541 @@
+//! The HTTP front doors, on one listener (`[http] addr`; HTTP/1.1 and h2c).
+//! Each only translates its protocol into a request for the pipeline and
+//! the decision back; limits, deadlines, the slow lane, metrics and the
+//! decision log are the pipeline's, as for gRPC.
+//!
+//! - `/envoy/...`: Envoy's HTTP ext_authz (`http_service` with
+//!   `path_prefix: /envoy`).
+//! - `/forward-auth`: nginx `auth_request`, Caddy `forward_auth`, Traefik
+//!   `forwardAuth`; only from trusted proxies (and loopback).
+//! - `/v1/data/...`, `/v0/data/...`, `/health`: OPA's REST Data API, for
+//!   applications that ask OPA today.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::Shared;
+use crate::pipeline::DocumentError;
+use crate::policy::PolicyError;
+use crate::proto::auth::attribute_context::{HttpRequest, Peer, Request};
+use crate::proto::auth::check_response::HttpResponse;
+use crate::proto::auth::{AttributeContext, CheckRequest, CheckResponse};
+use crate::proto::core::{Address, HeaderValueOption, SocketAddress, address, socket_address};
+use crate::telemetry::FrontDoor;
+
+/// The prefix Envoy's `http_service` is configured with.
+const ENVOY_PREFIX: &str = "/envoy";
+
+/// Serves the HTTP front doors until `shutdown` turns true.
+///
+/// # Errors
+/// The listener fails.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    max_body_bytes: usize,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/envoy", any(envoy_check))
+        .route("/envoy/", any(envoy_check))
+        .route("/envoy/{*rest}", any(envoy_check))
+        .route("/forward-auth", any(forward_auth))
+        .route("/v1/data", get(data_v1).post(data_v1))
+        .route("/v1/data/", get(data_v1).post(data_v1))
+        .route("/v1/data/{*path}", get(data_v1_at).post(data_v1_at))
+        .route("/v0/data/{*path}", post(data_v0_at))
+        .route("/health", get(health))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(shared);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    })
+    .await
+}
+
+/// Envoy's HTTP ext_authz: the original method, `/envoy` + the original
+/// path and query, the headers Envoy forwards, and the body if configured.
+async fn envoy_check(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let target = uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .strip_prefix(ENVOY_PREFIX)
+        .unwrap_or("/");
+    let target = if target.starts_with('/') {
+        target.to_owned()
+    } else {
+        format!("/{target}")
+    };
+    let mut headers = headers;
+    // Envoy names the client here when it does not append X-Forwarded-For;
+    // either is believed only through `trusted_proxies`.
+    if !headers.contains_key("x-forwarded-for")
+        && let Some(external) = headers.get("x-envoy-external-address").cloned()
+    {
+        headers.insert("x-forwarded-for", external);
+    }
+    let original = Original {
+        method: method.as_str().to_owned(),
+        target,
+        host: host_of(&headers),
+        scheme: header_str(&headers, "x-forwarded-proto").unwrap_or_default(),
+    };
+    let request = check_request(peer, &original, &headers, &body);
+    let response = shared.pipeline.check_within_limits(request, None).await;
+    let answer = to_http(&response, Door::Envoy);
+    shared
+        .pipeline
+        .metrics
+        .record_http(FrontDoor::EnvoyHttp, answer.status().as_u16());
+    answer
+}
+
+/// Forward-auth: the original request is described by `X-Forwarded-*`
+/// (Traefik, Caddy) or `X-Original-*` (nginx) headers, which are believed
+/// only from a trusted proxy.
+async fn forward_auth(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let pipeline = &shared.pipeline;
+    let caller = crate::context::source::canonical(peer.ip());
+    let trusted = pipeline
+        .forwarders()
+        .iter()
+        .any(|net| net.contains(&caller));
+    if !trusted {
+        tracing::warn!(%peer, "forward-auth request from a caller that is not a trusted proxy");
+        pipeline
+            .metrics
+            .record_http(FrontDoor::ForwardAuth, StatusCode::FORBIDDEN.as_u16());
+        return (
+            StatusCode::FORBIDDEN,
+            [(reason_header(pipeline), "untrusted_forwarder")],
+            "forward-auth is answered only for trusted proxies\n",
+        )
+            .into_response();
+    }
+    let first = |names: &[&str]| names.iter().find_map(|n| header_str(&headers, n));
+    let original = Original {
+        method: first(&["x-forwarded-method", "x-original-method"])
+            .unwrap_or_else(|| "GET".to_owned()),
+        target: first(&["x-forwarded-uri", "x-original-uri", "x-original-url"])
+            .map(|uri| path_of(&uri))
+            .unwrap_or_else(|| "/".to_owned()),
+        host: first(&["x-forwarded-host"]).unwrap_or_else(|| host_of(&headers)),
+        scheme: first(&["x-forwarded-proto"]).unwrap_or_default(),
+    };
+    let request = check_request(peer, &original, &headers, &Bytes::new());
+    let response = pipeline
+        .within_limits(
+            None,
+            async { pipeline.decide_forwarded(request).await.response },
+            |reason| pipeline.undecided(reason).response,
+        )
+        .await;
+    let answer = to_http(&response, Door::ForwardAuth);
+    pipeline
+        .metrics
+        .record_http(FrontDoor::ForwardAuth, answer.status().as_u16());
+    answer
+}
+
+/// nginx's `X-Original-URL` may be absolute (`https://host/path?q`).
+fn path_of(uri: &str) -> String {
+    match uri.parse::<Uri>() {
+        Ok(parsed) if parsed.scheme().is_some() => parsed
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+        _ if uri.starts_with('/') => uri.to_owned(),
+        _ => format!("/{uri}"),
+    }
+}
+
+/// The request that is being authorized, as the front door learned it.
+struct Original {
+    method: String,
+    target: String,
+    host: String,
+    scheme: String,
+}
+
+/// The CheckRequest Envoy's gRPC ext_authz would have sent for this request:
+/// the peer as source, the headers lower-cased (repeated ones joined with
+/// commas, as Envoy does) with the pseudo-headers, and the body.
+fn check_request(
+    peer: SocketAddr,
+    original: &Original,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> CheckRequest {
+    let mut map: HashMap<String, String> = HashMap::new();
+    for (name, value) in headers {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        map.entry(name.as_str().to_owned())
+            .and_modify(|joined| {
+                joined.push(',');
+                joined.push_str(&value);
+            })
+            .or_insert_with(|| value.into_owned());
+    }
+    map.insert(":method".into(), original.method.clone());
+    map.insert(":path".into(), original.target.clone());
+    map.insert(":authority".into(), original.host.clone());
+    let size = header_str(headers, "content-length")
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(-1);
+    let (text, raw) = match std::str::from_utf8(body) {
+        Ok(text) => (text.to_owned(), Vec::new()),
+        Err(_) => (String::new(), body.to_vec()),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: peer.ip().to_string(),
+                        port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(
+                            peer.port(),
+                        ))),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            }),
+            request: Some(Request {
+                time: Some(pbjson_types::Timestamp {
+                    seconds: i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
+                    nanos: i32::try_from(now.subsec_nanos()).unwrap_or_default(),
+                }),
+                http: Some(HttpRequest {
+                    id: header_str(headers, "x-request-id").unwrap_or_default(),
+                    method: original.method.clone(),
+                    headers: map,
+                    path: original.target.clone(),
+                    host: original.host.clone(),
+                    scheme: original.scheme.clone(),
+                    size,
+                    protocol: "HTTP/1.1".into(),
+                    body: text,
+                    raw_body: raw,
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn host_of(headers: &HeaderMap) -> String {
+    header_str(headers, header::HOST.as_str()).unwrap_or_default()
+}
+
+fn reason_header(pipeline: &crate::pipeline::Pipeline) -> HeaderName {
+    pipeline
+        .reason_header()
+        .and_then(|h| HeaderName::try_from(h).ok())
+        .unwrap_or_else(|| HeaderName::from_static("x-arbiter-reason"))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Door {
+    Envoy,
+    ForwardAuth,
+}
+
+/// The decision as an HTTP answer. Allowed: 200 with the headers the policy
+/// set for the upstream (the proxy copies them: Envoy's
+/// `allowed_upstream_headers`, Caddy's `copy_headers`, nginx's
+/// `auth_request_set`, Traefik's `authResponseHeaders`) and, for Envoy, the
+/// headers to remove in `x-envoy-auth-headers-to-remove`. Denied: the
+/// policy's status, headers and body.
+fn to_http(response: &CheckResponse, door: Door) -> Response {
+    match &response.http_response {
+        Some(HttpResponse::OkResponse(ok)) => {
+            let mut answer = Response::new(Body::empty());
+            *answer.status_mut() = StatusCode::OK;
+            add_headers(answer.headers_mut(), &ok.headers);
+            if door == Door::Envoy && !ok.headers_to_remove.is_empty() {
+                if let Ok(value) = HeaderValue::from_str(&ok.headers_to_remove.join(",")) {
+                    answer
+                        .headers_mut()
+                        .insert("x-envoy-auth-headers-to-remove", value);
+                }
+            }
+            answer
+        }
+        Some(HttpResponse::DeniedResponse(denied)) => {
+            let status = denied
+                .status
+                .as_ref()
+                .and_then(|s| u16::try_from(s.code).ok())
+                .and_then(|code| StatusCode::from_u16(code).ok())
+                .filter(|code| !code.is_success())
+                .unwrap_or(StatusCode::FORBIDDEN);
+            let mut answer = Response::new(Body::from(denied.body.clone()));
+            *answer.status_mut() = status;
+            add_headers(answer.headers_mut(), &denied.headers);
+            answer
+        }
+        // Every decision carries one of the two; should one not, deny.
+        _ => StatusCode::FORBIDDEN.into_response(),
+    }
+}
+
+fn add_headers(out: &mut HeaderMap, headers: &[HeaderValueOption]) {
+    for option in headers {
+        let Some(h) = &option.header else { continue };
+        let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(h.key.as_str()),
+            HeaderValue::from_str(&h.value),
+        ) else {
+            continue;
+        };
+        if option.append.as_ref().is_some_and(|a| a.value) {
+            out.append(name, value);
+        } else {
+            out.insert(name, value);
+        }
+    }
+}
+
+/// `POST /v1/data` with `{"input": ...}`: the whole data document.
+async fn data_v1(State(shared): State<Arc<Shared>>, method: Method, body: Bytes) -> Response {
+    data_v1_answer(&shared, Vec::new(), &method, &body).await
+}
+
+/// `GET|POST /v1/data/{path}`: `{"result": ..., "decision_id": ...}`, or
+/// only the decision ID when the document is undefined.
+async fn data_v1_at(
+    State(shared): State<Arc<Shared>>,
+    Path(path): Path<String>,
+    method: Method,
+    body: Bytes,
+) -> Response {
+    data_v1_answer(&shared, segments(&path), &method, &body).await
+}
+
+async fn data_v1_answer(
+    shared: &Shared,
+    path: Vec<String>,
+    method: &Method,
+    body: &Bytes,
+) -> Response {
+    let input = if method == Method::POST && !body.is_empty() {
+        match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Object(mut request)) => request.remove("input"),
+            Ok(_) => {
+                return opa_error(
+                    shared,
+                    StatusCode::BAD_REQUEST,
+                    "invalid_parameter",
+                    "the body must be an object with an \"input\" member",
+                );
+            }
+            Err(e) => {
+                return opa_error(
+                    shared,
+                    StatusCode::BAD_REQUEST,
+                    "invalid_parameter",
+                    &format!("the body is not JSON: {e}"),
+                );
+            }
+        }
+    } else {
+        None
+    };
+    let decision_id = uuid::Uuid::new_v4().to_string();
+    match evaluate(shared, path, input).await {
+        Ok(result) => {
+            let mut answer = serde_json::Map::new();
+            if let Some(result) = result {
+                answer.insert("result".into(), result);
+            }
+            answer.insert("decision_id".into(), decision_id.into());
+            opa_json(shared, StatusCode::OK, &serde_json::Value::Object(answer))
+        }
+        Err(answer) => answer,
+    }
+}
+
+/// `POST /v0/data/{path}`: the body is the input, the answer the bare value,
+/// 404 when undefined.
+async fn data_v0_at(
+    State(shared): State<Arc<Shared>>,
+    Path(path): Path<String>,
+    body: Bytes,
+) -> Response {
+    let input = if body.is_empty() {
+        None
+    } else {
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(input) => Some(input),
+            Err(e) => {
+                return opa_error(
+                    &shared,
+                    StatusCode::BAD_REQUEST,
+                    "invalid_parameter",
+                    &format!("the body is not JSON: {e}"),
+                );
+            }
+        }
+    };
+    let name = path.clone();
+    match evaluate(&shared, segments(&path), input).await {
+        Ok(Some(result)) => opa_json(&shared, StatusCode::OK, &result),
+        Ok(None) => opa_error(
+            &shared,
+            StatusCode::NOT_FOUND,
+            "undefined_document",
+            &format!("document missing: data/{name}"),
+        ),
+        Err(answer) => answer,
+    }
+}
+
+/// The document's value (`None` when undefined), or the error answer.
+async fn evaluate(
+    shared: &Shared,
+    path: Vec<String>,
+    input: Option<serde_json::Value>,
+) -> Result<Option<serde_json::Value>, Response> {
+    let pipeline = &shared.pipeline;
+    let input = match input {
+        None => regorus::Value::Undefined,
+        Some(json) => regorus::Value::from_json_str(&json.to_string()).map_err(|e| {
+            opa_error(
+                shared,
+                StatusCode::BAD_REQUEST,
+                "invalid_parameter",
+                &e.to_string(),
+            )
+        })?,
+    };
+    let value = pipeline
+        .within_limits(None, pipeline.query_document(path, input), |reason| {
+            Err(DocumentError::Policy(PolicyError::Evaluation {
+                message: reason.as_str().to_owned(),
+            }))
+        })
+        .await;
+    match value {
+        Ok(regorus::Value::Undefined) => Ok(None),
+        Ok(value) => {
+            let text = value.to_json_str().map_err(|e| {
+                opa_error(
+                    shared,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    &e.to_string(),
+                )
+            })?;
+            serde_json::from_str(&text).map(Some).map_err(|e| {
+                opa_error(
+                    shared,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    &e.to_string(),
+                )
+            })
+        }
+        Err(DocumentError::Overloaded) => Err(opa_error(
+            shared,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many evaluations waiting",
+        )),
+        Err(DocumentError::Policy(e)) => {
+            tracing::warn!(error = %e, "data API evaluation failed");
+            Err(opa_error(
+                shared,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                &e.to_string(),
+            ))
+        }
+    }
+}
+
+/// A URL path after `/v1/data/` as document keys (`a/b` is `data.a.b`).
+fn segments(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
+fn opa_json(shared: &Shared, status: StatusCode, body: &serde_json::Value) -> Response {
+    shared
+        .pipeline
+        .metrics
+        .record_http(FrontDoor::OpaData, status.as_u16());
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn opa_error(shared: &Shared, status: StatusCode, code: &str, message: &str) -> Response {
+    opa_json(
+        shared,
+        status,
+        &serde_json::json!({"code": code, "message": message}),
+    )
+}
+
+/// OPA's `/health`: 200 `{}` when ready, else 500.
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.is_ready() {
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{}",
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"error": "not ready"}"#,
+        )
+            .into_response()
+    }
+}
