@@ -358,3 +358,78 @@ async fn opa_data_api_answers_as_opa_does() {
     assert_eq!(health.text().await.unwrap(), "{}");
     arbiter.running.shutdown().await;
 }
+
+/// A real proxy in front of the echo upstream, asking Arbiter's
+/// forward-auth door: the allowed request reaches the upstream with the
+/// policy's header (the client's own replaced), the denied one gets the
+/// policy's status and reason and never reaches it.
+async fn forward_auth_through(proxy: &str) {
+    use common::proxies::{Proxy, proxy_binary};
+    let Some(binary) = proxy_binary(proxy) else {
+        return;
+    };
+    let arbiter = start("").await;
+    let upstream = Upstream::start().await;
+    let http_addr = arbiter.running.http_addr.unwrap();
+    let proxy_server = match proxy {
+        "nginx" => Proxy::nginx(&binary, http_addr, upstream.addr).await,
+        _ => Proxy::caddy(&binary, http_addr, upstream.addr).await,
+    };
+    let http = client();
+    let allowed = http
+        .get(proxy_server.url("/api/items?page=2"))
+        .header("x-api-key", "alice-key")
+        .header("x-user", "mallory")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200, "{proxy}: {}", proxy_server.log());
+    let echo: Echo = serde_json::from_str(&allowed.text().await.unwrap()).unwrap();
+    assert_eq!(echo.headers["x-user"], vec!["alice"], "{proxy}");
+    assert_eq!(echo.uri, "/api/items?page=2", "{proxy}");
+
+    let denied = http
+        .get(proxy_server.url("/api/items"))
+        .header("x-user", "alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 401, "{proxy}");
+    assert_eq!(
+        denied.headers()["x-arbiter-reason"],
+        "no_credentials",
+        "{proxy}"
+    );
+    let deleted = http
+        .delete(proxy_server.url("/api/items"))
+        .header("x-api-key", "alice-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted.status(),
+        401,
+        "{proxy}: the original method was not DELETE"
+    );
+    assert_eq!(upstream.hits.load(Ordering::SeqCst), 1, "{proxy}");
+    let metrics = arbiter.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "arbiter_http_requests_total{door=\"forward_auth\",status=\"2xx\"}"
+        ),
+        Some(1.0),
+        "{proxy}: {metrics}"
+    );
+    arbiter.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_auth_request_asks_arbiter() {
+    forward_auth_through("nginx").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caddy_forward_auth_asks_arbiter() {
+    forward_auth_through("caddy").await;
+}

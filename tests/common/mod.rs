@@ -11,6 +11,7 @@
 
 pub mod envoy;
 pub mod idp;
+pub mod proxies;
 
 use std::path::Path;
 
