@@ -31,6 +31,7 @@ pub enum ConfigError {
 pub struct Config {
     pub server: ServerConfig,
     pub http: HttpConfig,
+    pub authzen: AuthzenConfig,
     pub admin: AdminConfig,
     pub policy: PolicyConfig,
     pub decision: DecisionConfig,
@@ -237,6 +238,23 @@ impl Default for HttpConfig {
         Self {
             addr: None,
             trust_loopback: true,
+        }
+    }
+}
+
+/// The OpenID AuthZEN Authorization API 1.0 on the HTTP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthzenConfig {
+    /// The rule whose value answers an evaluation: a boolean, or
+    /// `{"decision": bool, "context": {...}}`.
+    pub decision: DecisionPath,
+}
+
+impl Default for AuthzenConfig {
+    fn default() -> Self {
+        Self {
+            decision: DecisionPath::from_static("authzen/decision"),
         }
     }
 }
@@ -668,6 +686,18 @@ impl DecisionPath {
 }
 
 impl DecisionPath {
+    /// A path from fixed segments (`"authzen/decision"`).
+    fn from_static(path: &'static str) -> Self {
+        Self {
+            segments: path.split('/').map(str::to_owned).collect(),
+        }
+    }
+
+    /// The path's segments (`["envoy", "authz", "allow"]`).
+    pub fn segments(&self) -> &[String] {
+        &self.segments
+    }
+
     /// The package as regorus names it (`data.envoy.authz`) and the rule's
     /// name within it (`allow`).
     pub fn package_and_name(&self) -> Option<(String, String)> {

@@ -89,7 +89,7 @@ impl DenyReason {
 
     /// A policy's reason is used as a label only if it is short and plain;
     /// anything else (it may carry request data) becomes `policy_denied`.
-    fn from_policy(reason: Option<&str>) -> Self {
+    pub fn from_policy(reason: Option<&str>) -> Self {
         let valid = reason.filter(|r| {
             !r.is_empty()
                 && r.len() <= MAX_REASON_LEN

@@ -495,16 +495,23 @@ pub enum FrontDoor {
     EnvoyHttp,
     ForwardAuth,
     OpaData,
+    Authzen,
 }
 
 impl FrontDoor {
-    pub const ALL: [Self; 3] = [Self::EnvoyHttp, Self::ForwardAuth, Self::OpaData];
+    pub const ALL: [Self; 4] = [
+        Self::EnvoyHttp,
+        Self::ForwardAuth,
+        Self::OpaData,
+        Self::Authzen,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Self::EnvoyHttp => "envoy_http",
             Self::ForwardAuth => "forward_auth",
             Self::OpaData => "opa_data",
+            Self::Authzen => "authzen",
         }
     }
 }

@@ -350,6 +350,14 @@ impl Pipeline {
         result.map_err(DocumentError::Policy)
     }
 
+    /// Who is calling, from the bearer token (or cookie) in `request`'s
+    /// headers, verified by the configured providers as for any decision:
+    /// for front doors whose callers are applications (AuthZEN).
+    pub async fn authenticate(&self, request: CheckRequest) -> Authentication {
+        let ctx = RequestContext::from_check(request, &self.parse_options);
+        self.authenticator.authenticate(&ctx).await
+    }
+
     /// Runs `work` under the limits every front door shares: it waits for
     /// one of `max_concurrent_decisions` slots, and is given up at the
     /// caller's deadline (capped by `decision_timeout`), when `undecided`

@@ -55,6 +55,12 @@ pub async fn serve(
         .route("/v1/data/{*path}", get(data_v1_at).post(data_v1_at))
         .route("/v0/data/{*path}", post(data_v0_at))
         .route("/health", get(health))
+        .route("/access/v1/evaluation", post(super::authzen::evaluation))
+        .route("/access/v1/evaluations", post(super::authzen::evaluations))
+        .route(
+            "/.well-known/authzen-configuration",
+            get(super::authzen::configuration),
+        )
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(shared);
     axum::serve(

@@ -15,6 +15,7 @@ use crate::policy::{PolicyError, PolicySet};
 use crate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
 use crate::proto::auth::{CheckRequest, CheckResponse};
 
+pub mod authzen;
 pub mod front_doors;
 pub mod tls;
 
@@ -63,6 +64,8 @@ pub struct Shared {
     /// Reloads of the gRPC listener's certificates.
     pub tls_reload_status: crate::policy::reload::ReloadStatus,
     pub readiness: Readiness,
+    /// The rule that answers AuthZEN evaluations.
+    pub authzen_decision: crate::config::DecisionPath,
 }
 
 impl Shared {
@@ -79,6 +82,7 @@ impl Shared {
                 policies_loaded: AtomicBool::new(true),
                 shutting_down: AtomicBool::new(false),
             },
+            authzen_decision: config.authzen.decision.clone(),
         }
     }
 
