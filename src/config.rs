@@ -231,6 +231,9 @@ pub struct HttpConfig {
     /// Whether a forward-auth caller on loopback (a proxy on the same host
     /// or in the same pod) is trusted like one in `trusted_proxies`.
     pub trust_loopback: bool,
+    /// TLS (and, with `client_ca_file`, mutual TLS) on this listener,
+    /// reloaded like the gRPC listener's.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for HttpConfig {
@@ -238,6 +241,7 @@ impl Default for HttpConfig {
         Self {
             addr: None,
             trust_loopback: true,
+            tls: None,
         }
     }
 }

@@ -211,3 +211,60 @@ async fn certificates_are_reloaded_when_their_files_change() {
     );
     arbiter.running.shutdown().await;
 }
+
+/// The HTTP front doors' listener takes the same TLS settings (`[http.tls]`):
+/// with mutual TLS only a client with a certificate from the CA is answered.
+#[tokio::test]
+async fn the_http_front_doors_serve_mutual_tls_too() {
+    let ca = new_ca("arbiter http CA");
+    let (cert, key) = leaf(&ca, &["localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(path("server.pem"), cert).unwrap();
+    std::fs::write(path("server.key"), key).unwrap();
+    std::fs::write(path("ca.pem"), &ca.pem).unwrap();
+    let toml = format!(
+        "[http]\naddr = \"127.0.0.1:0\"\n[http.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n",
+        path("server.pem"),
+        path("server.key"),
+        path("ca.pem")
+    );
+    let arbiter = TestArbiter::start(&[("p.rego", POLICY)], &toml).await;
+    let port = arbiter.running.http_addr.unwrap().port();
+    let url = format!("https://localhost:{port}/envoy/api");
+    let client = |identity: Option<(String, String)>| {
+        let mut builder = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap())
+            .resolve("localhost", arbiter.running.http_addr.unwrap());
+        if let Some((cert, key)) = identity {
+            builder = builder
+                .identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap());
+        }
+        builder.build().unwrap()
+    };
+    let allowed = client(Some(leaf(&ca, &["app.example"])))
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200);
+    assert!(
+        client(None).get(&url).send().await.is_err(),
+        "a client without a certificate was answered"
+    );
+    let stranger = new_ca("another CA");
+    assert!(
+        client(Some(leaf(&stranger, &["app.example"])))
+            .get(&url)
+            .send()
+            .await
+            .is_err(),
+        "a certificate from another CA was accepted"
+    );
+    let plain = reqwest::get(format!("http://127.0.0.1:{port}/envoy/api")).await;
+    assert!(
+        plain.is_err() || plain.is_ok_and(|r| !r.status().is_success()),
+        "plaintext HTTP to the TLS listener was answered"
+    );
+    arbiter.running.shutdown().await;
+}

@@ -42,7 +42,7 @@ const MEMBERS: [&str; 4] = ["subject", "action", "resource", "context"];
 /// `POST /access/v1/evaluation`.
 pub async fn evaluation(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(super::front_doors::Caller(peer)): ConnectInfo<super::front_doors::Caller>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -64,7 +64,7 @@ pub async fn evaluation(
 /// `POST /access/v1/evaluations`.
 pub async fn evaluations(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(super::front_doors::Caller(peer)): ConnectInfo<super::front_doors::Caller>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {

@@ -16,10 +16,12 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
+use axum::serve::IncomingStream;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -35,12 +37,34 @@ use crate::telemetry::FrontDoor;
 /// The prefix Envoy's `http_service` is configured with.
 const ENVOY_PREFIX: &str = "/envoy";
 
+/// The listener the front doors are served on.
+pub enum Listening {
+    Plain(TcpListener),
+    Tls(super::tls::TlsListener),
+}
+
+/// The caller's address, on a plain or a TLS connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, TcpListener>> for Caller {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, super::tls::TlsListener>> for Caller {
+    fn connect_info(stream: IncomingStream<'_, super::tls::TlsListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
 /// Serves the HTTP front doors until `shutdown` turns true.
 ///
 /// # Errors
 /// The listener fails.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listening,
     shared: Arc<Shared>,
     max_body_bytes: usize,
     mut shutdown: watch::Receiver<bool>,
@@ -63,21 +87,34 @@ pub async fn serve(
         )
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(shared);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let stopped = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
-    })
-    .await
+    };
+    match listener {
+        Listening::Plain(listener) => {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<Caller>(),
+            )
+            .with_graceful_shutdown(stopped)
+            .await
+        }
+        Listening::Tls(listener) => {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<Caller>(),
+            )
+            .with_graceful_shutdown(stopped)
+            .await
+        }
+    }
 }
 
 /// Envoy's HTTP ext_authz: the original method, `/envoy` + the original
 /// path and query, the headers Envoy forwards, and the body if configured.
 async fn envoy_check(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Caller(peer)): ConnectInfo<Caller>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -122,7 +159,7 @@ async fn envoy_check(
 /// only from a trusted proxy.
 async fn forward_auth(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Caller(peer)): ConnectInfo<Caller>,
     headers: HeaderMap,
 ) -> Response {
     let pipeline = &shared.pipeline;

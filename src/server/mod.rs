@@ -266,6 +266,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         Some(files) => Some(Arc::new(tls::ReloadingTls::load(files)?)),
         None => None,
     };
+    let http_tls = match &config.http.tls {
+        Some(files) => Some(Arc::new(tls::ReloadingTls::load(files)?)),
+        None => None,
+    };
     if let Some(fetcher) = shared.bundle.clone() {
         tokio::spawn(poll_bundle(
             fetcher,
@@ -277,7 +281,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     tokio::spawn(watch_for_reload(
         Arc::clone(&shared),
         config.policy.clone(),
-        tls.clone(),
+        tls.iter().chain(http_tls.iter()).cloned().collect(),
         hangup,
         shutdown_rx.clone(),
     ));
@@ -310,14 +314,29 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         )),
     };
     let http_addr = http_listener.as_ref().map(|(_, addr)| *addr);
-    let http_task = http_listener.map(|(listener, _)| {
-        tokio::spawn(front_doors::serve(
-            listener,
-            Arc::clone(&shared),
-            config.server.max_request_bytes,
-            shutdown_rx.clone(),
-        ))
-    });
+    let http_task = match http_listener {
+        Some((listener, _)) => {
+            let listening = match &http_tls {
+                Some(tls) => front_doors::Listening::Tls(
+                    tls::TlsListener::new(listener, Arc::clone(tls), shutdown_rx.clone()).map_err(
+                        |source| StartError::Bind {
+                            what: "HTTP front doors",
+                            addr: http_addr.unwrap_or(config.admin.addr),
+                            source,
+                        },
+                    )?,
+                ),
+                None => front_doors::Listening::Plain(listener),
+            };
+            Some(tokio::spawn(front_doors::serve(
+                listening,
+                Arc::clone(&shared),
+                config.server.max_request_bytes,
+                shutdown_rx.clone(),
+            )))
+        }
+        None => None,
+    };
     let admin_task = tokio::spawn(crate::admin::serve(
         admin_listener,
         Arc::clone(&shared),
@@ -380,7 +399,7 @@ fn record_refusal(shared: &Shared, response: &http::Response<tonic::body::Body>)
 async fn watch_for_reload(
     shared: Arc<Shared>,
     policy: crate::config::PolicyConfig,
-    tls: Option<Arc<tls::ReloadingTls>>,
+    tls: Vec<Arc<tls::ReloadingTls>>,
     mut hangup: Option<Hangup>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -388,7 +407,7 @@ async fn watch_for_reload(
     let key_files = shared.pipeline.authenticator.key_files();
     let mut policy_print = reload::fingerprint(&policy.paths);
     let mut keys_print = reload::fingerprint(&key_files);
-    let tls_files = tls.as_ref().map(|t| t.paths()).unwrap_or_default();
+    let tls_files: Vec<_> = tls.iter().flat_map(|t| t.paths()).collect();
     let mut tls_print = reload::fingerprint(&tls_files);
     let interval = reload::watch_interval(&policy);
     loop {
@@ -442,11 +461,11 @@ async fn watch_for_reload(
             keys_print = now;
             shared.pipeline.authenticator.reload_key_files().await;
         }
-        if let Some(tls) = &tls {
-            let now = reload::fingerprint(&tls_files);
-            if forced || now != tls_print {
-                tls_print = now;
-                tls.reload(&shared.tls_reload_status);
+        let now = reload::fingerprint(&tls_files);
+        if forced || now != tls_print {
+            tls_print = now;
+            for listener in &tls {
+                listener.reload(&shared.tls_reload_status);
             }
         }
     }

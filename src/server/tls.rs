@@ -1,5 +1,5 @@
-//! TLS on the gRPC listener with rustls, and certificates that can be
-//! replaced while serving.
+//! TLS on the gRPC and HTTP listeners with rustls, and certificates that
+//! can be replaced while serving.
 //!
 //! tonic's own TLS takes its certificates once, at start. Arbiter accepts
 //! TLS itself instead: every new connection is handshaken with the current
@@ -7,6 +7,7 @@
 //! keep the certificate they were made with.
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -167,9 +168,21 @@ fn invalid(path: &Path, error: &dyn std::fmt::Display) -> TlsError {
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
+    shutdown: watch::Receiver<bool>,
+) -> impl tokio_stream::Stream<Item = io::Result<TlsStream<TcpStream>>> {
+    use tokio_stream::StreamExt as _;
+    ReceiverStream::new(handshakes(listener, tls, shutdown, "gRPC")).map(|(stream, _)| Ok(stream))
+}
+
+/// The connections of `listener` that completed a TLS handshake, with
+/// their peer addresses, until `shutdown`.
+fn handshakes(
+    listener: TcpListener,
+    tls: Arc<ReloadingTls>,
     mut shutdown: watch::Receiver<bool>,
-) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
-    let (ready, stream) = mpsc::channel(256);
+    what: &'static str,
+) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
+    let (ready, handshaken) = mpsc::channel(256);
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -180,7 +193,7 @@ pub fn incoming(
                 Ok(connection) => connection,
                 Err(e) => {
                     // Out of file descriptors and the like: wait rather than spin.
-                    tracing::warn!(error = %e, "gRPC listener: accept failed");
+                    tracing::warn!(error = %e, listener = what, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -191,7 +204,7 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let _ = ready.send(Ok(stream)).await;
+                        let _ = ready.send((stream, peer)).await;
                     }
                     Ok(Err(e)) => {
                         tracing::info!(%peer, error = %e, "TLS handshake refused");
@@ -201,5 +214,45 @@ pub fn incoming(
             });
         }
     });
-    ReceiverStream::new(stream)
+    handshaken
+}
+
+/// The HTTP front doors' listener over TLS, for axum: connections that
+/// completed a handshake, as [`incoming`] gives them to tonic.
+pub struct TlsListener {
+    handshaken: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    /// # Errors
+    /// The listener has no local address.
+    pub fn new(
+        listener: TcpListener,
+        tls: Arc<ReloadingTls>,
+        shutdown: watch::Receiver<bool>,
+    ) -> io::Result<Self> {
+        let local = listener.local_addr()?;
+        Ok(Self {
+            handshaken: handshakes(listener, tls, shutdown, "HTTP"),
+            local,
+        })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.handshaken.recv().await {
+            Some(connection) => connection,
+            // The accept loop ended (shutdown): no more connections.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local)
+    }
 }
