@@ -230,6 +230,42 @@ async fn evaluation_semantics_stop_where_asked() {
     todo.running.shutdown().await;
 }
 
+/// A decision rule that fails (two values) or is not a decision is
+/// `decision: false` with the reason, never a permit.
+#[tokio::test]
+async fn policy_errors_are_denies_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.rego"),
+        "package authzen.todo\n\ndecision := true if input.action.name == \"conflict\"\n\ndecision := false if input.action.name == \"conflict\"\n\ndecision := \"yes\" if input.action.name == \"odd\"\n",
+    )
+    .unwrap();
+    let extra = format!(
+        "[policy]\npaths = [\"{}\"]\ndecision = \"authzen/todo/decision\"\n",
+        dir.path().display()
+    );
+    let todo = Todo::start(&extra).await;
+    for (action, reason) in [
+        ("conflict", "policy_error"),
+        ("odd", "invalid_result"),
+        ("unknown", "policy_undefined"),
+    ] {
+        let request = json!({
+            "subject": {"type": "user", "id": "rick@the-citadel.com"},
+            "action": {"name": action},
+            "resource": {"type": "todo", "id": "1"},
+        });
+        let (status, answer) = todo.post("/access/v1/evaluation", &request).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(
+            answer,
+            json!({"decision": false, "context": {"reason": reason}}),
+            "{action}"
+        );
+    }
+    todo.running.shutdown().await;
+}
+
 #[tokio::test]
 async fn malformed_requests_are_400_and_the_request_id_is_echoed() {
     let todo = Todo::start("").await;

@@ -257,6 +257,17 @@ async fn forward_auth_decides_the_request_the_proxy_describes() {
     assert_eq!(nginx.status(), 401, "DELETE is not allowed by the policy");
     assert_eq!(nginx.headers()["x-arbiter-reason"], "no_credentials");
     assert_eq!(nginx.text().await.unwrap(), "who are you?");
+    // A policy error is a deny.
+    let failed = http
+        .get(arbiter.http_url("/forward-auth"))
+        .header("x-forwarded-uri", "/api/items")
+        .header("x-api-key", "alice-key")
+        .header("x-fail", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), 403);
+    assert_eq!(failed.headers()["x-arbiter-reason"], "policy_error");
     arbiter.running.shutdown().await;
 }
 
@@ -293,7 +304,14 @@ async fn forward_auth_from_a_caller_that_is_not_a_trusted_proxy_is_refused() {
 
 #[tokio::test]
 async fn opa_data_api_answers_as_opa_does() {
-    let arbiter = start("").await;
+    // Decision lines are written only where `tracing` is on, as in `serve`.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::sink)
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("decisions.log");
+    let arbiter = start(&format!("[log]\ndecision_file = \"{}\"\n", log.display())).await;
     let http = client();
     let post = |path: &str, body: &str| {
         http.post(arbiter.http_url(path))
@@ -357,6 +375,22 @@ async fn opa_data_api_answers_as_opa_does() {
     assert_eq!(health.status(), 200);
     assert_eq!(health.text().await.unwrap(), "{}");
     arbiter.running.shutdown().await;
+    // Each query is a decision in the log, under the ID the caller was given.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let logged = |id: &str| lines.iter().find(|l| l["decision_id"] == id).cloned();
+    let allowed = logged(answer["decision_id"].as_str().unwrap())
+        .unwrap_or_else(|| panic!("the query was not logged: {lines:?}"));
+    assert_eq!(
+        allowed["path"], "/v1/data/envoy/authz/can_read",
+        "{allowed}"
+    );
+    assert_eq!(allowed["result"], "allow", "{allowed}");
+    let denied = logged(undefined["decision_id"].as_str().unwrap()).expect("logged");
+    assert_eq!(denied["reason"], "policy_undefined", "{denied}");
 }
 
 /// A real proxy in front of the echo upstream, asking Arbiter's

@@ -375,23 +375,30 @@ fn add_headers(out: &mut HeaderMap, headers: &[HeaderValueOption]) {
 }
 
 /// `POST /v1/data` with `{"input": ...}`: the whole data document.
-async fn data_v1(State(shared): State<Arc<Shared>>, method: Method, body: Bytes) -> Response {
-    data_v1_answer(&shared, Vec::new(), &method, &body).await
+async fn data_v1(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(Caller(peer)): ConnectInfo<Caller>,
+    method: Method,
+    body: Bytes,
+) -> Response {
+    data_v1_answer(&shared, peer, Vec::new(), &method, &body).await
 }
 
 /// `GET|POST /v1/data/{path}`: `{"result": ..., "decision_id": ...}`, or
 /// only the decision ID when the document is undefined.
 async fn data_v1_at(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(Caller(peer)): ConnectInfo<Caller>,
     Path(path): Path<String>,
     method: Method,
     body: Bytes,
 ) -> Response {
-    data_v1_answer(&shared, segments(&path), &method, &body).await
+    data_v1_answer(&shared, peer, segments(&path), &method, &body).await
 }
 
 async fn data_v1_answer(
     shared: &Shared,
+    peer: SocketAddr,
     path: Vec<String>,
     method: &Method,
     body: &Bytes,
@@ -420,7 +427,7 @@ async fn data_v1_answer(
         None
     };
     let decision_id = uuid::Uuid::new_v4().to_string();
-    match evaluate(shared, path, input).await {
+    match evaluate(shared, peer, &decision_id, path, input).await {
         Ok(result) => {
             let mut answer = serde_json::Map::new();
             if let Some(result) = result {
@@ -437,6 +444,7 @@ async fn data_v1_answer(
 /// 404 when undefined.
 async fn data_v0_at(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(Caller(peer)): ConnectInfo<Caller>,
     Path(path): Path<String>,
     body: Bytes,
 ) -> Response {
@@ -456,7 +464,8 @@ async fn data_v0_at(
         }
     };
     let name = path.clone();
-    match evaluate(&shared, segments(&path), input).await {
+    let decision_id = uuid::Uuid::new_v4().to_string();
+    match evaluate(&shared, peer, &decision_id, segments(&path), input).await {
         Ok(Some(result)) => opa_json(&shared, StatusCode::OK, &result),
         Ok(None) => opa_error(
             &shared,
@@ -469,12 +478,17 @@ async fn data_v0_at(
 }
 
 /// The document's value (`None` when undefined), or the error answer.
+/// Every query is a decision in the log and the metrics.
 async fn evaluate(
     shared: &Shared,
+    peer: SocketAddr,
+    decision_id: &str,
     path: Vec<String>,
     input: Option<serde_json::Value>,
 ) -> Result<Option<serde_json::Value>, Response> {
+    let started = std::time::Instant::now();
     let pipeline = &shared.pipeline;
+    let document = format!("/v1/data/{}", path.join("/"));
     let input = match input {
         None => regorus::Value::Undefined,
         Some(json) => regorus::Value::from_json_str(&json.to_string()).map_err(|e| {
@@ -493,6 +507,14 @@ async fn evaluate(
             }))
         })
         .await;
+    log_query(
+        shared,
+        peer,
+        decision_id,
+        &document,
+        &value,
+        started.elapsed(),
+    );
     match value {
         Ok(regorus::Value::Undefined) => Ok(None),
         Ok(value) => {
@@ -529,6 +551,61 @@ async fn evaluate(
             ))
         }
     }
+}
+
+/// A Data API query in the decision log and metrics: allowed when the
+/// document is `true` (or an object whose `allowed` is `true`), or another
+/// defined value; denied when it is `false`, undefined or failed.
+fn log_query(
+    shared: &Shared,
+    peer: SocketAddr,
+    decision_id: &str,
+    document: &str,
+    value: &Result<regorus::Value, DocumentError>,
+    took: std::time::Duration,
+) {
+    use crate::decision::{DecisionRecord, DenyReason};
+    let (allowed, deny_reason, error) = match value {
+        Ok(regorus::Value::Undefined) => (false, Some(DenyReason::Undefined), None),
+        Ok(regorus::Value::Bool(allowed)) => (
+            *allowed,
+            (!allowed).then_some(DenyReason::Policy(None)),
+            None,
+        ),
+        Ok(other) => match &other[&regorus::Value::from("allowed")] {
+            regorus::Value::Bool(false) => (false, Some(DenyReason::Policy(None)), None),
+            _ => (true, None, None),
+        },
+        Err(DocumentError::Overloaded) => (false, Some(DenyReason::Overloaded), None),
+        Err(DocumentError::Policy(e)) => {
+            let reason = match e {
+                PolicyError::Timeout { .. } => DenyReason::Timeout,
+                _ => DenyReason::PolicyError,
+            };
+            (false, Some(reason), Some(e.to_string()))
+        }
+    };
+    let record = DecisionRecord {
+        decision_id: decision_id.to_owned(),
+        allowed,
+        deny_reason,
+        http_status: None,
+        error,
+        dry_run: false,
+    };
+    let pipeline = &shared.pipeline;
+    pipeline.metrics.record_decision(&record, took, took);
+    let policies = pipeline.policies.load();
+    let source = peer.ip().to_string();
+    let summary = crate::telemetry::RequestSummary {
+        revision: policies.revision().as_str(),
+        method: "POST",
+        host: "opa_data",
+        path: document,
+        source_address: &source,
+        ..crate::telemetry::RequestSummary::default()
+    };
+    pipeline.decision_log.write(&record, &summary, took, took);
 }
 
 /// A URL path after `/v1/data/` as document keys (`a/b` is `data.a.b`).
