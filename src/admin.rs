@@ -64,6 +64,12 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         "identity_providers": providers,
         "last_reload_error": shared.reload_status.last_error.load().as_deref().cloned(),
         "last_tls_reload_error": shared.tls_reload_status.last_error.load().as_deref().cloned(),
+        "revocation": {
+            "file": shared.pipeline.authenticator.revocations().file(),
+            "entries": shared.pipeline.authenticator.revocations().entries(),
+            "from_bundle": policies.revocations().map(|list| list.len()),
+            "last_error": shared.pipeline.authenticator.revocations().last_error(),
+        },
         "bundle": shared.bundle.as_ref().map(|fetcher| {
             let current = fetcher.current();
             serde_json::json!({

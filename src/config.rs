@@ -508,6 +508,8 @@ pub struct IdentityConfig {
     #[serde(with = "humantime_serde")]
     pub startup_grace: Duration,
     pub jwt: Vec<JwtProviderConfig>,
+    /// Tokens, sessions and subjects revoked before their tokens expire.
+    pub revocation: Option<RevocationConfig>,
 }
 
 impl Default for IdentityConfig {
@@ -517,8 +519,17 @@ impl Default for IdentityConfig {
             token_cache_size: 10_000,
             startup_grace: Duration::from_secs(10),
             jwt: Vec::new(),
+            revocation: None,
         }
     }
+}
+
+/// A revocation list file, reloaded like policies (watched and on SIGHUP).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationConfig {
+    /// `{"tokens": [jti], "sessions": [sid], "subjects": {sub: RFC 3339 time}}`.
+    pub file: PathBuf,
 }
 
 /// Where a provider's token is read from.
@@ -894,16 +905,25 @@ impl Config {
                 }
             }
         }
-        let tls_files = config.server.tls.iter_mut().flat_map(|tls| {
-            [
-                Some(&mut tls.cert_file),
-                Some(&mut tls.key_file),
-                tls.client_ca_file.as_mut(),
-            ]
-            .into_iter()
-            .flatten()
-        });
-        for file in tls_files.chain(config.log.decision_file.as_mut()) {
+        let tls_files = config
+            .server
+            .tls
+            .iter_mut()
+            .chain(config.http.tls.iter_mut())
+            .flat_map(|tls| {
+                [
+                    Some(&mut tls.cert_file),
+                    Some(&mut tls.key_file),
+                    tls.client_ca_file.as_mut(),
+                ]
+                .into_iter()
+                .flatten()
+            });
+        let revocation_file = config.identity.revocation.as_mut().map(|r| &mut r.file);
+        for file in tls_files
+            .chain(config.log.decision_file.as_mut())
+            .chain(revocation_file)
+        {
             if file.is_relative() {
                 *file = base.join(&*file);
             }

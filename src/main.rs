@@ -116,7 +116,12 @@ fn eval(config: Option<&Path>, request: &Path) -> anyhow::Result<ExitCode> {
             .connect_timeout(std::time::Duration::from_secs(5))
             .build()
             .context("cannot build the HTTP client")?;
-        let pipeline = Pipeline::new(&config, policies, &http).without_decision_log();
+        let revocations = arbiter::identity::revocation::Revocations::load(
+            config.identity.revocation.as_ref().map(|r| r.file.as_path()),
+        )?;
+        let pipeline = Pipeline::new(&config, policies, &http)
+            .with_revocations(std::sync::Arc::new(revocations))
+            .without_decision_log();
         if !pipeline
             .authenticator
             .wait_ready(config.identity.startup_grace)

@@ -720,6 +720,22 @@ pub fn render_engine(out: &mut String, status: &crate::policy::EngineStatus) {
 /// JWKS fetches, failures and key age per provider, and the token cache size.
 pub fn render_identity(out: &mut String, authenticator: &crate::identity::Authenticator) {
     use std::sync::atomic::Ordering::Relaxed;
+    let revocations = authenticator.revocations();
+    let _ = writeln!(
+        out,
+        "# HELP arbiter_revocation_entries Entries in the revocation file's list as last loaded.\n# TYPE arbiter_revocation_entries gauge\narbiter_revocation_entries {}",
+        revocations.entries()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP arbiter_revocation_reload_failures_total Revocation files refused on reload (the last good list stays).\n# TYPE arbiter_revocation_reload_failures_total counter\narbiter_revocation_reload_failures_total {}",
+        revocations.reload_failures()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP arbiter_tokens_revoked_total Verified tokens refused because a revocation list names them.\n# TYPE arbiter_tokens_revoked_total counter\narbiter_tokens_revoked_total {}",
+        revocations.revoked()
+    );
     type Reading = fn(&crate::identity::KeyStore) -> Option<f64>;
     let families: [(&str, &str, &str, Reading); 3] = [
         (

@@ -7,6 +7,7 @@
 //! document accepts nothing else as an identity.
 
 pub mod jwks;
+pub mod revocation;
 pub mod test_keys;
 mod token;
 
@@ -134,6 +135,8 @@ pub struct Authenticator {
     cache: quick_cache::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
     max_token_bytes: usize,
     refreshers: Vec<tokio::task::JoinHandle<()>>,
+    /// Tokens revoked by the revocation file, checked on every use.
+    revocations: Arc<revocation::Revocations>,
     /// Verified-token cache lookups that found a usable entry, and those that did not.
     pub cache_hits: std::sync::atomic::AtomicU64,
     pub cache_misses: std::sync::atomic::AtomicU64,
@@ -205,6 +208,7 @@ impl Authenticator {
             cache: quick_cache::sync::Cache::new(config.token_cache_size.max(1)),
             max_token_bytes: config.max_token_bytes,
             refreshers,
+            revocations: Arc::default(),
             cache_hits: Default::default(),
             cache_misses: Default::default(),
         }
@@ -242,19 +246,40 @@ impl Authenticator {
             .map(|p| (p.config.name.as_str(), p.keys.as_ref()))
     }
 
-    /// The JWKS files of `jwks_file` providers, for the reload watcher.
+    /// Checks every token against these revocations from now on.
+    pub fn use_revocations(&mut self, revocations: Arc<revocation::Revocations>) {
+        self.revocations = revocations;
+    }
+
+    /// The revocation file's list and its reload state.
+    pub fn revocations(&self) -> &revocation::Revocations {
+        &self.revocations
+    }
+
+    /// How a token of `provider` that fails a check is treated.
+    pub fn on_invalid(&self, provider: &str) -> OnInvalidToken {
+        self.all_providers()
+            .find(|p| p.config.name == provider)
+            .map_or(OnInvalidToken::Deny, |p| p.config.on_invalid)
+    }
+
+    /// The JWKS files of `jwks_file` providers and the revocation file, for
+    /// the reload watcher.
     pub fn key_files(&self) -> Vec<std::path::PathBuf> {
         self.all_providers()
             .filter_map(|p| p.keys.file().map(std::path::Path::to_owned))
+            .chain(self.revocations.file().map(std::path::Path::to_owned))
             .collect()
     }
 
-    /// Reads every `jwks_file` provider's keys again. A file that does not
-    /// hold usable keys is rejected and the previous keys stay.
+    /// Reads every `jwks_file` provider's keys and the revocation file
+    /// again. A file that does not parse is rejected and the previous keys
+    /// or list stay.
     pub async fn reload_key_files(&self) {
         for provider in self.all_providers().filter(|p| p.keys.file().is_some()) {
             let _ = provider.keys.refresh().await;
         }
+        self.revocations.reload();
     }
 
     pub fn token_cache_len(&self) -> usize {
@@ -366,6 +391,9 @@ impl Authenticator {
                 self.cache_hits
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return match hit.check_time(now, provider.config.leeway) {
+                    Ok(()) if self.revocations.revokes(&hit) => {
+                        reject(Some(provider), TokenError::Revoked)
+                    }
                     Ok(()) => Authentication::Verified(hit),
                     Err(e) => reject(Some(provider), e),
                 };
@@ -409,6 +437,9 @@ impl Authenticator {
             Ok(verified) => {
                 let verified = Arc::new(verified);
                 self.cache.insert(cache_key, Arc::clone(&verified));
+                if self.revocations.revokes(&verified) {
+                    return reject(Some(provider), TokenError::Revoked);
+                }
                 Authentication::Verified(verified)
             }
             Err(e) => reject(Some(provider), e),

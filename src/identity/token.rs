@@ -47,6 +47,8 @@ pub enum TokenError {
     KeysStale,
     #[error("device_posture_stale")]
     PostureStale,
+    #[error("token_revoked")]
+    Revoked,
 }
 
 impl TokenError {
@@ -68,6 +70,7 @@ impl TokenError {
             Self::KeysUnavailable => "jwks_unavailable",
             Self::KeysStale => "jwks_stale",
             Self::PostureStale => "device_posture_stale",
+            Self::Revoked => "token_revoked",
         }
     }
 }

@@ -95,6 +95,37 @@ impl Pipeline {
         self.decision_options.reason_header.as_deref()
     }
 
+    /// The same pipeline checking every token against `revocations` (the
+    /// revocation file) besides the list the policy data may carry.
+    #[must_use]
+    pub fn with_revocations(
+        mut self,
+        revocations: Arc<crate::identity::revocation::Revocations>,
+    ) -> Self {
+        self.authenticator.use_revocations(revocations);
+        self
+    }
+
+    /// A verified token that the policy data's revocation list names is
+    /// rejected as an invalid token is (`token_revoked`).
+    fn revoked_by_data(
+        &self,
+        policies: &PolicySet,
+        authentication: Authentication,
+    ) -> Authentication {
+        match (&authentication, policies.revocations()) {
+            (Authentication::Verified(token), Some(list)) if list.revokes(token) => {
+                self.authenticator.revocations().count_revoked();
+                Authentication::Rejected {
+                    provider: Some(token.provider.clone()),
+                    error: crate::identity::TokenError::Revoked,
+                    on_invalid: self.authenticator.on_invalid(&token.provider),
+                }
+            }
+            _ => authentication,
+        }
+    }
+
     /// The same pipeline with its decision log switched off, for commands
     /// whose standard output is their report.
     #[must_use]
@@ -166,7 +197,8 @@ impl Pipeline {
                 };
             }
         };
-        let authentication = self.authenticator.authenticate(&ctx).await;
+        let authentication =
+            self.revoked_by_data(&policies, self.authenticator.authenticate(&ctx).await);
         let decision_id = uuid::Uuid::new_v4().to_string();
         let mut eval = Duration::ZERO;
         let mut kept_input = None;
@@ -355,7 +387,8 @@ impl Pipeline {
     /// for front doors whose callers are applications (AuthZEN).
     pub async fn authenticate(&self, request: CheckRequest) -> Authentication {
         let ctx = RequestContext::from_check(request, &self.parse_options);
-        self.authenticator.authenticate(&ctx).await
+        let policies = self.policies.load_full();
+        self.revoked_by_data(&policies, self.authenticator.authenticate(&ctx).await)
     }
 
     /// Runs `work` under the limits every front door shares: it waits for

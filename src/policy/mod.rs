@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use regorus::{Engine, Value};
 use sha2::{Digest, Sha256};
@@ -166,6 +167,8 @@ pub struct PolicySet {
     files: Vec<PathBuf>,
     /// Each policy file (as the engine names it) with its package (`data.a.b`).
     packages: Vec<(String, String)>,
+    /// Revocations shipped with the data (`data.arbiter.revocation`).
+    revocations: Option<Arc<crate::identity::revocation::RevocationList>>,
 }
 
 impl fmt::Debug for PolicySet {
@@ -307,6 +310,14 @@ impl PolicySet {
             files.push(path.clone());
         }
 
+        let revocations = crate::identity::revocation::RevocationList::from_data(
+            &engine.get_data()["arbiter"]["revocation"],
+        )
+        .map_err(|e| PolicyError::Data {
+            path: PathBuf::from("data.arbiter.revocation"),
+            message: e.to_string(),
+        })?
+        .map(Arc::new);
         let rule = config.decision.rule_ref();
         let lookup = prepare(&mut engine, &rule, &config.decision, &packages)?;
         // Printed while trying the decision on an empty input, not by a request.
@@ -371,7 +382,13 @@ impl PolicySet {
             eval_timeout: config.eval_timeout,
             files,
             packages,
+            revocations,
         })
+    }
+
+    /// The revocation list shipped with the data, if there is one.
+    pub fn revocations(&self) -> Option<&crate::identity::revocation::RevocationList> {
+        self.revocations.as_deref()
     }
 
     pub fn revision(&self) -> &Revision {

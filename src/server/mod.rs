@@ -30,6 +30,8 @@ pub enum StartError {
     Http(String),
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("revocation list: {0}")]
+    Revocation(#[from] crate::identity::revocation::RevocationError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -71,9 +73,14 @@ pub struct Shared {
 impl Shared {
     /// State for a policy set that has already been loaded. Starts the
     /// identity providers' key refresh, so it must run inside Tokio.
-    pub fn new(config: &Config, policies: PolicySet, http: &reqwest::Client) -> Self {
+    pub fn new(
+        config: &Config,
+        policies: PolicySet,
+        http: &reqwest::Client,
+        revocations: Arc<crate::identity::revocation::Revocations>,
+    ) -> Self {
         Self {
-            pipeline: Pipeline::new(config, policies, http),
+            pipeline: Pipeline::new(config, policies, http).with_revocations(revocations),
             reload_status: Default::default(),
             tls_reload_status: Default::default(),
             bundle: None,
@@ -216,7 +223,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         decision = %config.policy.decision,
         "policies loaded"
     );
-    let mut shared = Shared::new(config, policies, &http);
+    let revocations = Arc::new(crate::identity::revocation::Revocations::load(
+        config
+            .identity
+            .revocation
+            .as_ref()
+            .map(|r| r.file.as_path()),
+    )?);
+    let mut shared = Shared::new(config, policies, &http, revocations);
     if let Some(fetcher) = bundle {
         shared = shared.with_bundle(fetcher);
     }
