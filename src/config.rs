@@ -510,6 +510,8 @@ pub struct IdentityConfig {
     pub jwt: Vec<JwtProviderConfig>,
     /// Tokens, sessions and subjects revoked before their tokens expire.
     pub revocation: Option<RevocationConfig>,
+    /// A Shared Signals transmitter whose session-revoked events are received.
+    pub ssf: Option<SsfConfig>,
 }
 
 impl Default for IdentityConfig {
@@ -520,6 +522,47 @@ impl Default for IdentityConfig {
             startup_grace: Duration::from_secs(10),
             jwt: Vec::new(),
             revocation: None,
+            ssf: None,
+        }
+    }
+}
+
+/// The SSF transmitter (the IdP) whose Security Event Tokens are accepted
+/// at `POST /ssf/events`; its keys are handled like a JWT provider's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SsfConfig {
+    /// The SETs' `iss`.
+    pub issuer: String,
+    /// The SETs' `aud` must name this receiver.
+    pub audience: String,
+    pub jwks_uri: Option<String>,
+    pub jwks_file: Option<PathBuf>,
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+}
+
+impl SsfConfig {
+    /// The transmitter as a key source, with a JWT provider's defaults.
+    pub fn as_provider(&self) -> JwtProviderConfig {
+        JwtProviderConfig {
+            name: "ssf".into(),
+            issuer: self.issuer.clone(),
+            audiences: vec![self.audience.clone()],
+            skip_audience_check: false,
+            jwks_uri: self.jwks_uri.clone(),
+            jwks_file: self.jwks_file.clone(),
+            discovery: false,
+            algorithms: self.algorithms.clone(),
+            leeway: default_leeway(),
+            max_lifetime: None,
+            from: TokenLocation::default(),
+            on_invalid: OnInvalidToken::Deny,
+            refresh_min: default_refresh_min(),
+            refresh_max: default_refresh_max(),
+            kid_miss_min_interval: default_kid_miss_interval(),
+            max_staleness: default_max_staleness(),
+            fetch_timeout: default_fetch_timeout(),
         }
     }
 }
@@ -920,9 +963,15 @@ impl Config {
                 .flatten()
             });
         let revocation_file = config.identity.revocation.as_mut().map(|r| &mut r.file);
+        let ssf_keys = config
+            .identity
+            .ssf
+            .as_mut()
+            .and_then(|s| s.jwks_file.as_mut());
         for file in tls_files
             .chain(config.log.decision_file.as_mut())
             .chain(revocation_file)
+            .chain(ssf_keys)
         {
             if file.is_relative() {
                 *file = base.join(&*file);
@@ -948,6 +997,14 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(ssf) = &self.identity.ssf
+            && ssf.jwks_uri.is_some() == ssf.jwks_file.is_some()
+        {
+            return Err(ConfigError::Invalid {
+                path: "identity.ssf".into(),
+                message: "exactly one of jwks_uri and jwks_file is required".into(),
+            });
+        }
         if self.policy.paths.is_empty() && self.policy.bundle.is_none() {
             return Err(ConfigError::Invalid {
                 path: "policy.paths".into(),

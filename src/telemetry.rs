@@ -733,6 +733,12 @@ pub fn render_identity(out: &mut String, authenticator: &crate::identity::Authen
     );
     let _ = writeln!(
         out,
+        "# HELP arbiter_ssf_events_total Security Event Tokens received, by result.\n# TYPE arbiter_ssf_events_total counter\narbiter_ssf_events_total{{result=\"applied\"}} {}\narbiter_ssf_events_total{{result=\"refused\"}} {}",
+        revocations.events_applied(),
+        revocations.events_refused()
+    );
+    let _ = writeln!(
+        out,
         "# HELP arbiter_tokens_revoked_total Verified tokens refused because a revocation list names them.\n# TYPE arbiter_tokens_revoked_total counter\narbiter_tokens_revoked_total {}",
         revocations.revoked()
     );

@@ -8,6 +8,7 @@
 
 pub mod jwks;
 pub mod revocation;
+pub mod ssf;
 pub mod test_keys;
 mod token;
 

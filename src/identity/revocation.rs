@@ -147,6 +147,11 @@ fn rfc3339_seconds(text: &str) -> Option<u64> {
 pub struct Revocations {
     file: Option<PathBuf>,
     current: ArcSwap<RevocationList>,
+    /// What the IdP's session-revoked events revoked: in memory, kept
+    /// across reloads of the file and of policies, lost on restart.
+    events: ArcSwap<RevocationList>,
+    events_applied: AtomicU64,
+    events_refused: AtomicU64,
     last_error: ArcSwapOption<String>,
     reload_failures: AtomicU64,
     revoked: AtomicU64,
@@ -157,6 +162,9 @@ impl Default for Revocations {
         Self {
             file: None,
             current: ArcSwap::from_pointee(RevocationList::default()),
+            events: ArcSwap::from_pointee(RevocationList::default()),
+            events_applied: AtomicU64::new(0),
+            events_refused: AtomicU64::new(0),
             last_error: ArcSwapOption::empty(),
             reload_failures: AtomicU64::new(0),
             revoked: AtomicU64::new(0),
@@ -204,9 +212,46 @@ impl Revocations {
         }
     }
 
-    /// Whether the file's list revokes `token`; counted when it does.
+    /// Adds what received events revoked; later events for a subject move
+    /// its time forward, never back.
+    pub fn apply_events(&self, revoked: &[super::ssf::Revoked]) {
+        self.events.rcu(|old| {
+            let mut list = RevocationList::clone(old);
+            for event in revoked {
+                match event {
+                    super::ssf::Revoked::Session(sid) => {
+                        list.sessions.insert(sid.clone());
+                    }
+                    super::ssf::Revoked::Subject { subject, before } => {
+                        let at = list.subjects.entry(subject.clone()).or_insert(*before);
+                        *at = (*at).max(*before);
+                    }
+                }
+            }
+            list
+        });
+        self.events_applied
+            .fetch_add(revoked.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Revocations received as events and applied.
+    pub fn events_applied(&self) -> u64 {
+        self.events_applied.load(Ordering::Relaxed)
+    }
+
+    /// Counts an event refused (bad signature, wrong issuer, unknown type).
+    pub fn count_refused_event(&self) {
+        self.events_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn events_refused(&self) -> u64 {
+        self.events_refused.load(Ordering::Relaxed)
+    }
+
+    /// Whether the file's list or a received event revokes `token`;
+    /// counted when one does.
     pub fn revokes(&self, token: &VerifiedToken) -> bool {
-        let revoked = self.current.load().revokes(token);
+        let revoked = self.current.load().revokes(token) || self.events.load().revokes(token);
         if revoked {
             self.count_revoked();
         }

@@ -232,15 +232,18 @@ fn decode_json(part: &str) -> Result<serde_json::Map<String, serde_json::Value>,
 ///
 /// # Errors
 /// Every failed check, each with its own [`TokenError`].
-pub fn verify_with_keys(
-    token: &str,
+/// The key that must have signed a token: the one its `kid` names, or,
+/// without a kid, the only key fit for its algorithm, which must be one of
+/// `algorithms`.
+///
+/// # Errors
+/// The algorithm is not allowed, or no single fitting key is known.
+pub fn signing_key<'k>(
     unverified: &Unverified,
-    provider: &JwtProviderConfig,
-    keys: &KeySet,
-    now: u64,
-) -> Result<VerifiedToken, TokenError> {
-    if !provider
-        .algorithms
+    algorithms: &[String],
+    keys: &'k KeySet,
+) -> Result<&'k super::jwks::VerificationKey, TokenError> {
+    if !algorithms
         .iter()
         .any(|a| a.parse::<Algorithm>().ok() == Some(unverified.alg))
     {
@@ -261,6 +264,17 @@ pub fn verify_with_keys(
     if !key.accepts(unverified.alg) {
         return Err(TokenError::KeyMismatch);
     }
+    Ok(key)
+}
+
+pub fn verify_with_keys(
+    token: &str,
+    unverified: &Unverified,
+    provider: &JwtProviderConfig,
+    keys: &KeySet,
+    now: u64,
+) -> Result<VerifiedToken, TokenError> {
+    let key = signing_key(unverified, &provider.algorithms, keys)?;
 
     let mut validation = Validation::new(unverified.alg);
     validation.leeway = provider.leeway.as_secs();

@@ -79,6 +79,7 @@ pub async fn serve(
         .route("/v1/data/{*path}", get(data_v1_at).post(data_v1_at))
         .route("/v0/data/{*path}", post(data_v0_at))
         .route("/health", get(health))
+        .route("/ssf/events", post(ssf_events))
         .route("/access/v1/evaluation", post(super::authzen::evaluation))
         .route("/access/v1/evaluations", post(super::authzen::evaluations))
         .route(
@@ -639,6 +640,38 @@ fn opa_error(shared: &Shared, status: StatusCode, code: &str, message: &str) -> 
         status,
         &serde_json::json!({"code": code, "message": message}),
     )
+}
+
+/// `POST /ssf/events`: one Security Event Token pushed by the transmitter
+/// (RFC 8935). 202 when its events are applied; 400 with RFC 8935's error
+/// JSON when it does not verify or asks for what this receiver does not
+/// do, and then nothing changes; 404 when no transmitter is configured.
+async fn ssf_events(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(Caller(peer)): ConnectInfo<Caller>,
+    body: Bytes,
+) -> Response {
+    let Some(receiver) = &shared.ssf else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let revocations = shared.pipeline.authenticator.revocations();
+    let set = String::from_utf8_lossy(&body);
+    match receiver.receive(set.trim()) {
+        Ok(revoked) => {
+            tracing::info!(target: "arbiter::ssf", %peer, revoked = ?revoked, "security event applied");
+            StatusCode::ACCEPTED.into_response()
+        }
+        Err(e) => {
+            revocations.count_refused_event();
+            tracing::warn!(target: "arbiter::ssf", %peer, error = %e, "security event refused");
+            (
+                StatusCode::BAD_REQUEST,
+                [(header::CONTENT_TYPE, "application/json")],
+                serde_json::json!({"err": e.code(), "description": e.to_string()}).to_string(),
+            )
+                .into_response()
+        }
+    }
 }
 
 /// OPA's `/health`: 200 `{}` when ready, else 500.

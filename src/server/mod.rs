@@ -68,6 +68,8 @@ pub struct Shared {
     pub readiness: Readiness,
     /// The rule that answers AuthZEN evaluations.
     pub authzen_decision: crate::config::DecisionPath,
+    /// The receiver of the IdP's Security Event Tokens, when configured.
+    pub ssf: Option<crate::identity::ssf::SsfReceiver>,
 }
 
 impl Shared {
@@ -79,7 +81,11 @@ impl Shared {
         http: &reqwest::Client,
         revocations: Arc<crate::identity::revocation::Revocations>,
     ) -> Self {
+        let ssf = config.identity.ssf.as_ref().map(|ssf| {
+            crate::identity::ssf::SsfReceiver::start(ssf, http, Arc::clone(&revocations))
+        });
         Self {
+            ssf,
             pipeline: Pipeline::new(config, policies, http).with_revocations(revocations),
             reload_status: Default::default(),
             tls_reload_status: Default::default(),

@@ -1,0 +1,226 @@
+//! A receiver of the IdP's Security Event Tokens (SET, RFC 8417) pushed by
+//! an OpenID Shared Signals (SSF 1.0) transmitter (RFC 8935): a CAEP
+//! `session-revoked` or `credential-change` event revokes the subject's
+//! tokens issued before the event, or its session when the subject names
+//! one, at once and in memory. SETs are verified with the transmitter's
+//! keys, handled like an `[[identity.jwt]]` provider's.
+
+use std::sync::Arc;
+
+use jsonwebtoken::Validation;
+use serde_json::{Map, Value as Json};
+
+use super::jwks::KeyStore;
+use super::revocation::Revocations;
+use super::token;
+use crate::config::{JwtProviderConfig, SsfConfig};
+
+const SESSION_REVOKED: &str = "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
+const CREDENTIAL_CHANGE: &str =
+    "https://schemas.openid.net/secevent/caep/event-type/credential-change";
+
+/// Why a SET was refused, as RFC 8935 §2.3 names the errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    InvalidKey(String),
+    #[error("the SET's issuer is not the configured transmitter")]
+    InvalidIssuer,
+    #[error("the SET is not addressed to this receiver")]
+    InvalidAudience,
+}
+
+impl SetError {
+    /// The `err` code of RFC 8935's error response.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidKey(_) => "invalid_key",
+            Self::InvalidIssuer => "invalid_issuer",
+            Self::InvalidAudience => "invalid_audience",
+        }
+    }
+}
+
+/// What one accepted SET revoked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoked {
+    /// Tokens of `subject` issued before `before` (Unix seconds).
+    Subject {
+        subject: String,
+        before: u64,
+    },
+    Session(String),
+}
+
+/// The transmitter's keys and what its SETs must say.
+pub struct SsfReceiver {
+    provider: JwtProviderConfig,
+    keys: Arc<KeyStore>,
+    revocations: Arc<Revocations>,
+    refresher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for SsfReceiver {
+    fn drop(&mut self) {
+        if let Some(task) = &self.refresher {
+            task.abort();
+        }
+    }
+}
+
+impl SsfReceiver {
+    /// Starts fetching the transmitter's keys; must run inside Tokio.
+    pub fn start(
+        config: &SsfConfig,
+        http: &reqwest::Client,
+        revocations: Arc<Revocations>,
+    ) -> Self {
+        let provider = config.as_provider();
+        let keys = Arc::new(KeyStore::new(&provider, http.clone()));
+        let refresher = Some(keys.spawn_refresher());
+        Self {
+            provider,
+            keys,
+            revocations,
+            refresher,
+        }
+    }
+
+    /// Verifies one SET and applies its events.
+    ///
+    /// # Errors
+    /// The SET does not verify, is not for this receiver, or carries an
+    /// event it does not know; nothing is applied then.
+    pub fn receive(&self, set: &str) -> Result<Vec<Revoked>, SetError> {
+        let claims = self.verify(set)?;
+        let revoked = events(&claims)?;
+        self.revocations.apply_events(&revoked);
+        Ok(revoked)
+    }
+
+    fn verify(&self, set: &str) -> Result<Map<String, Json>, SetError> {
+        let unverified = token::peek(set).map_err(|e| SetError::InvalidRequest(e.to_string()))?;
+        if unverified.issuer != self.provider.issuer {
+            return Err(SetError::InvalidIssuer);
+        }
+        let keys = self
+            .keys
+            .keys()
+            .map_err(|_| SetError::InvalidKey("the transmitter's keys are not available".into()))?;
+        let key = token::signing_key(&unverified, &self.provider.algorithms, &keys)
+            .map_err(|e| SetError::InvalidKey(e.to_string()))?;
+        let mut validation = Validation::new(unverified.alg);
+        validation.leeway = self.provider.leeway.as_secs();
+        // A SET need not expire (RFC 8417 §2.2); one that does is checked.
+        validation.set_required_spec_claims(&["iss", "aud"]);
+        validation.set_issuer(&[self.provider.issuer.as_str()]);
+        validation.set_audience(&self.provider.audiences);
+        match jsonwebtoken::decode::<Map<String, Json>>(set, &key.key, &validation) {
+            Ok(data) => Ok(data.claims),
+            Err(e) => Err(match e.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidAudience => SetError::InvalidAudience,
+                jsonwebtoken::errors::ErrorKind::InvalidIssuer => SetError::InvalidIssuer,
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                    SetError::InvalidKey("the signature does not verify".into())
+                }
+                _ => SetError::InvalidRequest(e.to_string()),
+            }),
+        }
+    }
+}
+
+/// The revocations a verified SET asks for: each event must be one this
+/// receiver knows, about a subject it can name.
+fn events(claims: &Map<String, Json>) -> Result<Vec<Revoked>, SetError> {
+    let Some(Json::Object(events)) = claims.get("events") else {
+        return Err(SetError::InvalidRequest("the SET has no events".into()));
+    };
+    if events.is_empty() {
+        return Err(SetError::InvalidRequest("the SET has no events".into()));
+    }
+    let issued = claims.get("iat").and_then(Json::as_u64);
+    let mut revoked = Vec::new();
+    for (kind, event) in events {
+        if kind != SESSION_REVOKED && kind != CREDENTIAL_CHANGE {
+            return Err(SetError::InvalidRequest(format!(
+                "unknown event type {kind:?}"
+            )));
+        }
+        // SSF 1.0 puts the subject in `sub_id`; CAEP's earlier drafts in the event.
+        let subject = event
+            .get("subject")
+            .or_else(|| claims.get("sub_id"))
+            .ok_or_else(|| SetError::InvalidRequest(format!("{kind}: no subject")))?;
+        let before = event
+            .get("event_timestamp")
+            .and_then(Json::as_u64)
+            .or(issued)
+            .unwrap_or_else(token::now);
+        if let Some(sid) = subject.get("sid").and_then(Json::as_str) {
+            revoked.push(Revoked::Session(sid.to_owned()));
+            continue;
+        }
+        let id = match subject.get("format").and_then(Json::as_str) {
+            Some("iss_sub") => subject.get("sub"),
+            Some("opaque") => subject.get("id"),
+            Some("email") => subject.get("email"),
+            _ => None,
+        }
+        .and_then(Json::as_str)
+        .ok_or_else(|| {
+            SetError::InvalidRequest(format!(
+                "{kind}: the subject must be iss_sub, opaque or email, or carry a sid"
+            ))
+        })?;
+        revoked.push(Revoked::Subject {
+            subject: id.to_owned(),
+            before,
+        });
+    }
+    Ok(revoked)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    fn claims(value: Json) -> Map<String, Json> {
+        match value {
+            Json::Object(map) => map,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn events_name_subjects_and_sessions() {
+        let set = claims(serde_json::json!({
+            "iat": 100,
+            "events": {
+                SESSION_REVOKED: {"subject": {"format": "iss_sub", "iss": "https://idp", "sub": "alice"}, "event_timestamp": 90},
+                CREDENTIAL_CHANGE: {"subject": {"format": "opaque", "id": "x", "sid": "s-1"}},
+            }
+        }));
+        let mut got = events(&set).unwrap();
+        got.sort_by_key(|r| format!("{r:?}"));
+        assert_eq!(
+            got,
+            [
+                Revoked::Session("s-1".into()),
+                Revoked::Subject {
+                    subject: "alice".into(),
+                    before: 90
+                },
+            ]
+        );
+        let unknown = claims(serde_json::json!({"events": {"https://example/other": {}}}));
+        assert!(matches!(events(&unknown), Err(SetError::InvalidRequest(_))));
+        let nameless = claims(
+            serde_json::json!({"events": {SESSION_REVOKED: {"subject": {"format": "phone"}}}}),
+        );
+        assert!(events(&nameless).is_err());
+    }
+}
