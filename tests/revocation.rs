@@ -86,21 +86,7 @@ impl Setup {
 
     /// The deny reason, or `None` when allowed.
     async fn decide(&self, token: &str) -> Option<String> {
-        let response = self
-            .arbiter
-            .check_json(&http_request(
-                "GET",
-                "/",
-                &[("authorization", &format!("Bearer {token}"))],
-                "",
-            ))
-            .await;
-        if is_allowed(&response) {
-            return None;
-        }
-        let denied = denied_response(&response);
-        assert_eq!(denied.status.as_ref().unwrap().code, 401);
-        Some(header_values(&denied.headers, "x-arbiter-reason")[0].to_owned())
+        self.arbiter.bearer_reason(token).await
     }
 }
 

@@ -72,19 +72,7 @@ impl Setup {
 
     /// The deny reason, or `None` when allowed.
     async fn decide(&self, token: &str) -> Option<String> {
-        let response = self
-            .arbiter
-            .check_json(&http_request(
-                "GET",
-                "/",
-                &[("authorization", &format!("Bearer {token}"))],
-                "",
-            ))
-            .await;
-        if is_allowed(&response) {
-            return None;
-        }
-        Some(header_values(&denied_response(&response).headers, "x-arbiter-reason")[0].to_owned())
+        self.arbiter.bearer_reason(token).await
     }
 
     fn set(&self, key: &TestKey, audience: &str, events: &Value) -> String {

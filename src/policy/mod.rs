@@ -568,9 +568,21 @@ impl PolicySet {
     }
 
     fn query(&self, input: Value, limit: std::time::Duration) -> Result<Value, PolicyError> {
+        self.query_one(self.rule.clone(), input, limit, "the decision")
+    }
+
+    /// The one value of `query` for `input` (`Undefined` when there is
+    /// none); two values are an error naming `what`.
+    fn query_one(
+        &self,
+        query: String,
+        input: Value,
+        limit: std::time::Duration,
+        what: &str,
+    ) -> Result<Value, PolicyError> {
         let mut engine = self.engine_within(limit);
         engine.set_input(input);
-        let results = engine.eval_query(self.rule.clone(), false);
+        let results = engine.eval_query(query, false);
         log_prints(&mut engine);
         let results = results.map_err(|e| classify(&e, limit))?;
         let mut values = results
@@ -581,7 +593,7 @@ impl PolicySet {
             (None, _) => Ok(Value::Undefined),
             (Some(value), None) => Ok(value),
             (Some(_), Some(_)) => Err(PolicyError::Evaluation {
-                message: "the decision has more than one value".into(),
+                message: format!("{what} has more than one value"),
             }),
         }
     }
@@ -603,22 +615,7 @@ impl PolicySet {
             query.push_str(&serde_json::Value::from(segment.as_str()).to_string());
             query.push(']');
         }
-        let mut engine = self.engine_within(limit);
-        engine.set_input(input);
-        let results = engine.eval_query(query, false);
-        log_prints(&mut engine);
-        let results = results.map_err(|e| classify(&e, limit))?;
-        let mut values = results
-            .result
-            .into_iter()
-            .filter_map(|r| r.expressions.into_iter().next().map(|e| e.value));
-        match (values.next(), values.next()) {
-            (None, _) => Ok(Value::Undefined),
-            (Some(value), None) => Ok(value),
-            (Some(_), Some(_)) => Err(PolicyError::Evaluation {
-                message: "the document has more than one value".into(),
-            }),
-        }
+        self.query_one(query, input, limit, "the document")
     }
 
     /// A clone of the prepared engine whose evaluations stop at `limit`.

@@ -46,19 +46,28 @@ pub async fn evaluation(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request = match parse(&body) {
-        Ok(request) => request,
-        Err(why) => return answer(&shared, &headers, StatusCode::BAD_REQUEST, &error(&why)),
-    };
-    if let Err(why) = validate(&request) {
-        return answer(&shared, &headers, StatusCode::BAD_REQUEST, &error(&why));
+    match parse(&body) {
+        Ok(request) => single(&shared, &headers, request, peer).await,
+        Err(why) => answer(&shared, &headers, StatusCode::BAD_REQUEST, &error(&why)),
     }
-    let identity = match caller(&shared, &headers).await {
+}
+
+/// One evaluation: validated, the caller verified, decided.
+async fn single(
+    shared: &Shared,
+    headers: &HeaderMap,
+    request: Map<String, Json>,
+    peer: SocketAddr,
+) -> Response {
+    if let Err(why) = validate(&request) {
+        return answer(shared, headers, StatusCode::BAD_REQUEST, &error(&why));
+    }
+    let identity = match caller(shared, headers).await {
         Ok(identity) => identity,
-        Err(refused) => return answer(&shared, &headers, refused.0, &refused.1),
+        Err(refused) => return answer(shared, headers, refused.0, &refused.1),
     };
-    let decided = decide(&shared, request, &identity, peer).await;
-    answer(&shared, &headers, StatusCode::OK, &decided.answer)
+    let decided = decide(shared, request, &identity, peer).await;
+    answer(shared, headers, StatusCode::OK, &decided.answer)
 }
 
 /// `POST /access/v1/evaluations`.
@@ -105,15 +114,7 @@ pub async fn evaluations(
     };
     // Without items, the request is one evaluation and answered as one.
     if items.is_empty() {
-        if let Err(why) = validate(&request) {
-            return answer(&shared, &headers, StatusCode::BAD_REQUEST, &error(&why));
-        }
-        let identity = match caller(&shared, &headers).await {
-            Ok(identity) => identity,
-            Err(refused) => return answer(&shared, &headers, refused.0, &refused.1),
-        };
-        let decided = decide(&shared, request, &identity, peer).await;
-        return answer(&shared, &headers, StatusCode::OK, &decided.answer);
+        return single(&shared, &headers, request, peer).await;
     }
     let mut merged = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {

@@ -71,6 +71,27 @@ impl TestArbiter {
         serde_json::from_str(&text).unwrap()
     }
 
+    /// Decides a GET carrying `token` as a bearer token: `None` when
+    /// allowed, else the deny's reason.
+    pub async fn bearer_reason(&self, token: &str) -> Option<String> {
+        let authorization = format!("Bearer {token}");
+        let response = self
+            .check_json(&http_request(
+                "GET",
+                "/",
+                &[("authorization", &authorization)],
+                "",
+            ))
+            .await;
+        if is_allowed(&response) {
+            return None;
+        }
+        let denied = denied_response(&response);
+        header_values(&denied.headers, "x-arbiter-reason")
+            .first()
+            .map(|r| (*r).to_owned())
+    }
+
     pub async fn check_json(&self, json: &str) -> CheckResponse {
         let request: CheckRequest = serde_json::from_str(json).unwrap();
         self.client()
