@@ -512,6 +512,8 @@ pub struct IdentityConfig {
     pub revocation: Option<RevocationConfig>,
     /// A Shared Signals transmitter whose session-revoked events are received.
     pub ssf: Option<SsfConfig>,
+    /// Authorization servers that introspect opaque (non-JWT) bearer tokens.
+    pub introspection: Vec<IntrospectionConfig>,
 }
 
 impl Default for IdentityConfig {
@@ -523,6 +525,7 @@ impl Default for IdentityConfig {
             jwt: Vec::new(),
             revocation: None,
             ssf: None,
+            introspection: Vec::new(),
         }
     }
 }
@@ -565,6 +568,45 @@ impl SsfConfig {
             fetch_timeout: default_fetch_timeout(),
         }
     }
+}
+
+/// OAuth 2.0 Token Introspection (RFC 7662) for bearer tokens that are not
+/// JWTs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    /// `input.identity.provider` of its tokens.
+    pub name: String,
+    /// The introspection endpoint (POST, form-encoded).
+    pub endpoint: String,
+    /// Arbiter's client ID at the authorization server (HTTP Basic).
+    pub client_id: String,
+    /// A file holding the client secret.
+    pub client_secret_file: PathBuf,
+    /// When not empty, the answer's `aud` must name one of these.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// An active answer is kept until the earlier of its `exp` and this.
+    #[serde(default = "default_introspection_cache_max", with = "humantime_serde")]
+    pub cache_max: Duration,
+    /// How long an inactive answer is kept.
+    #[serde(default = "default_negative_cache", with = "humantime_serde")]
+    pub negative_cache: Duration,
+    #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+    /// Where the token is read from (the `Authorization: Bearer` header by default).
+    #[serde(default)]
+    pub from: TokenLocation,
+    #[serde(default)]
+    pub on_invalid: OnInvalidToken,
+}
+
+fn default_introspection_cache_max() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_negative_cache() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// A revocation list file, reloaded like policies (watched and on SIGHUP).
@@ -968,10 +1010,16 @@ impl Config {
             .ssf
             .as_mut()
             .and_then(|s| s.jwks_file.as_mut());
+        let secrets = config
+            .identity
+            .introspection
+            .iter_mut()
+            .map(|i| &mut i.client_secret_file);
         for file in tls_files
             .chain(config.log.decision_file.as_mut())
             .chain(revocation_file)
             .chain(ssf_keys)
+            .chain(secrets)
         {
             if file.is_relative() {
                 *file = base.join(&*file);

@@ -201,7 +201,9 @@ pub fn reject_token(error: TokenError, options: &DecisionOptions, decision_id: S
         return Decision { response, record };
     }
     let (status, headers) = match error {
-        TokenError::KeysUnavailable | TokenError::KeysStale => (503, Vec::new()),
+        TokenError::KeysUnavailable
+        | TokenError::KeysStale
+        | TokenError::IntrospectionUnavailable => (503, Vec::new()),
         _ => (
             401,
             vec![(

@@ -119,8 +119,21 @@ fn eval(config: Option<&Path>, request: &Path) -> anyhow::Result<ExitCode> {
         let revocations = arbiter::identity::revocation::Revocations::load(
             config.identity.revocation.as_ref().map(|r| r.file.as_path()),
         )?;
+        let introspectors = config
+            .identity
+            .introspection
+            .iter()
+            .map(|i| {
+                arbiter::identity::introspection::Introspector::new(
+                    i,
+                    &http,
+                    config.identity.token_cache_size,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let pipeline = Pipeline::new(&config, policies, &http)
             .with_revocations(std::sync::Arc::new(revocations))
+            .with_introspectors(introspectors)
             .without_decision_log();
         if !pipeline
             .authenticator

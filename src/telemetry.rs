@@ -723,6 +723,18 @@ pub fn render_identity(out: &mut String, authenticator: &crate::identity::Authen
     let revocations = authenticator.revocations();
     let _ = writeln!(
         out,
+        "# HELP arbiter_introspection_calls_total Calls to token introspection endpoints, by provider.\n# TYPE arbiter_introspection_calls_total counter"
+    );
+    for introspector in authenticator.introspectors() {
+        let _ = writeln!(
+            out,
+            "arbiter_introspection_calls_total{{provider=\"{}\"}} {}",
+            escape_label(&introspector.config.name),
+            introspector.calls()
+        );
+    }
+    let _ = writeln!(
+        out,
         "# HELP arbiter_revocation_entries Entries in the revocation file's list as last loaded.\n# TYPE arbiter_revocation_entries gauge\narbiter_revocation_entries {}",
         revocations.entries()
     );

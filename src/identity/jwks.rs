@@ -87,6 +87,11 @@ impl KeyKind {
 pub struct KeyFingerprint([u8; 32]);
 
 impl KeyFingerprint {
+    /// For a token no key verified (an introspected one).
+    pub const NONE: Self = Self([0; 32]);
+}
+
+impl KeyFingerprint {
     fn of(parameters: &AlgorithmParameters) -> Result<Self, String> {
         use sha2::Digest;
         let canonical =

@@ -6,6 +6,7 @@
 //! `aud`, `exp`, `nbf` and the lifetime limit have been checked. The input
 //! document accepts nothing else as an identity.
 
+pub mod introspection;
 pub mod jwks;
 pub mod revocation;
 pub mod ssf;
@@ -138,6 +139,8 @@ pub struct Authenticator {
     refreshers: Vec<tokio::task::JoinHandle<()>>,
     /// Tokens revoked by the revocation file, checked on every use.
     revocations: Arc<revocation::Revocations>,
+    /// Introspection endpoints for bearer tokens that are not JWTs.
+    introspectors: Vec<introspection::Introspector>,
     /// Verified-token cache lookups that found a usable entry, and those that did not.
     pub cache_hits: std::sync::atomic::AtomicU64,
     pub cache_misses: std::sync::atomic::AtomicU64,
@@ -210,6 +213,7 @@ impl Authenticator {
             max_token_bytes: config.max_token_bytes,
             refreshers,
             revocations: Arc::default(),
+            introspectors: Vec::new(),
             cache_hits: Default::default(),
             cache_misses: Default::default(),
         }
@@ -247,6 +251,16 @@ impl Authenticator {
             .map(|p| (p.config.name.as_str(), p.keys.as_ref()))
     }
 
+    /// Introspects opaque bearer tokens with these from now on.
+    pub fn use_introspectors(&mut self, introspectors: Vec<introspection::Introspector>) {
+        self.introspectors = introspectors;
+    }
+
+    /// The introspection endpoints, for metrics.
+    pub fn introspectors(&self) -> &[introspection::Introspector] {
+        &self.introspectors
+    }
+
     /// Checks every token against these revocations from now on.
     pub fn use_revocations(&mut self, revocations: Arc<revocation::Revocations>) {
         self.revocations = revocations;
@@ -261,7 +275,14 @@ impl Authenticator {
     pub fn on_invalid(&self, provider: &str) -> OnInvalidToken {
         self.all_providers()
             .find(|p| p.config.name == provider)
-            .map_or(OnInvalidToken::Deny, |p| p.config.on_invalid)
+            .map(|p| p.config.on_invalid)
+            .or_else(|| {
+                self.introspectors
+                    .iter()
+                    .find(|i| i.config.name == provider)
+                    .map(|i| i.config.on_invalid)
+            })
+            .unwrap_or(OnInvalidToken::Deny)
     }
 
     /// The JWKS files of `jwks_file` providers and the revocation file, for
@@ -287,9 +308,10 @@ impl Authenticator {
         self.cache.len()
     }
 
-    /// Finds the request's token and verifies it.
+    /// Finds the request's token and verifies it: a JWT with its
+    /// provider's keys, any other bearer token by introspection.
     pub async fn authenticate(&self, ctx: &RequestContext) -> Authentication {
-        if self.providers.is_empty() {
+        if self.providers.is_empty() && self.introspectors.is_empty() {
             return Authentication::Anonymous;
         }
         // Each distinct location once; the token's `iss` picks the provider.
@@ -302,11 +324,48 @@ impl Authenticator {
             let Some(raw) = extract(ctx, &provider.config.from) else {
                 continue;
             };
+            if !token::looks_like_jwt(raw)
+                && let Some(introspector) = self
+                    .introspectors
+                    .iter()
+                    .find(|i| i.config.from == provider.config.from)
+            {
+                return self.introspected(introspector, raw).await;
+            }
             return self
                 .verify(&self.providers, raw, &provider.config.from)
                 .await;
         }
+        for introspector in &self.introspectors {
+            if tried.contains(&&introspector.config.from) {
+                continue;
+            }
+            tried.push(&introspector.config.from);
+            if let Some(raw) = extract(ctx, &introspector.config.from) {
+                return self.introspected(introspector, raw).await;
+            }
+        }
         Authentication::Anonymous
+    }
+
+    async fn introspected(
+        &self,
+        introspector: &introspection::Introspector,
+        raw: &str,
+    ) -> Authentication {
+        let reject = |error| Authentication::Rejected {
+            provider: Some(introspector.config.name.clone()),
+            on_invalid: introspector.config.on_invalid,
+            error,
+        };
+        if raw.len() > self.max_token_bytes {
+            return reject(TokenError::TooLarge);
+        }
+        match introspector.introspect(raw).await {
+            Ok(token) if self.revocations.revokes(&token) => reject(TokenError::Revoked),
+            Ok(token) => Authentication::Verified(token),
+            Err(error) => reject(error),
+        }
     }
 
     /// Finds and verifies the request's device posture token, binding it to

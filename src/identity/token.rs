@@ -49,6 +49,10 @@ pub enum TokenError {
     PostureStale,
     #[error("token_revoked")]
     Revoked,
+    #[error("token_inactive")]
+    Inactive,
+    #[error("introspection_unavailable")]
+    IntrospectionUnavailable,
 }
 
 impl TokenError {
@@ -71,6 +75,8 @@ impl TokenError {
             Self::KeysStale => "jwks_stale",
             Self::PostureStale => "device_posture_stale",
             Self::Revoked => "token_revoked",
+            Self::Inactive => "token_inactive",
+            Self::IntrospectionUnavailable => "introspection_unavailable",
         }
     }
 }
@@ -168,6 +174,12 @@ pub struct Unverified {
     pub issuer: String,
     pub alg: Algorithm,
     pub kid: Option<String>,
+}
+
+/// Whether a bearer token has a JWS's shape (three dot-separated parts):
+/// the others go to introspection.
+pub fn looks_like_jwt(token: &str) -> bool {
+    token.split('.').count() == 3
 }
 
 pub(super) fn cache_key(token: &str) -> [u8; 32] {
@@ -334,6 +346,60 @@ pub fn verify_with_keys(
         document: regorus::Value::Null,
     };
     verified.build_document(claims);
+    Ok(verified)
+}
+
+/// An opaque token the provider's introspection endpoint called active
+/// (RFC 7662): its answer is the token's claims.
+///
+/// # Errors
+/// Not active, expired, or for none of `audiences` (when given).
+pub fn from_introspection(
+    provider: &str,
+    answer: serde_json::Map<String, serde_json::Value>,
+    audiences: &[String],
+    now: u64,
+) -> Result<VerifiedToken, TokenError> {
+    if answer.get("active") != Some(&serde_json::Value::Bool(true)) {
+        return Err(TokenError::Inactive);
+    }
+    let expires_at = answer.get("exp").and_then(as_seconds);
+    if expires_at.is_some_and(|exp| exp <= now) {
+        return Err(TokenError::Inactive);
+    }
+    let audience: Vec<String> = match answer.get("aud") {
+        Some(serde_json::Value::String(a)) => vec![a.clone()],
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if !audiences.is_empty() && !audience.iter().any(|a| audiences.contains(a)) {
+        return Err(TokenError::WrongAudience);
+    }
+    let mut verified = VerifiedToken {
+        provider: provider.to_owned(),
+        issuer: answer
+            .get("iss")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned(),
+        subject: answer
+            .get("sub")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
+        audience,
+        scopes: scopes(&answer),
+        expires_at: expires_at.unwrap_or(u64::MAX),
+        issued_at: answer.get("iat").and_then(as_seconds),
+        not_before: answer.get("nbf").and_then(as_seconds),
+        kid: None,
+        key_generation: 0,
+        key_fingerprint: super::jwks::KeyFingerprint::NONE,
+        document: regorus::Value::Null,
+    };
+    verified.build_document(answer);
     Ok(verified)
 }
 

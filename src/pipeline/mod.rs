@@ -106,6 +106,16 @@ impl Pipeline {
         self
     }
 
+    /// The same pipeline introspecting opaque bearer tokens with these.
+    #[must_use]
+    pub fn with_introspectors(
+        mut self,
+        introspectors: Vec<crate::identity::introspection::Introspector>,
+    ) -> Self {
+        self.authenticator.use_introspectors(introspectors);
+        self
+    }
+
     /// A verified token that the policy data's revocation list names is
     /// rejected as an invalid token is (`token_revoked`).
     fn revoked_by_data(

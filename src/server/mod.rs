@@ -32,6 +32,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("revocation list: {0}")]
     Revocation(#[from] crate::identity::revocation::RevocationError),
+    #[error(transparent)]
+    Introspection(#[from] crate::identity::introspection::IntrospectionError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -80,13 +82,16 @@ impl Shared {
         policies: PolicySet,
         http: &reqwest::Client,
         revocations: Arc<crate::identity::revocation::Revocations>,
+        introspectors: Vec<crate::identity::introspection::Introspector>,
     ) -> Self {
         let ssf = config.identity.ssf.as_ref().map(|ssf| {
             crate::identity::ssf::SsfReceiver::start(ssf, http, Arc::clone(&revocations))
         });
         Self {
             ssf,
-            pipeline: Pipeline::new(config, policies, http).with_revocations(revocations),
+            pipeline: Pipeline::new(config, policies, http)
+                .with_revocations(revocations)
+                .with_introspectors(introspectors),
             reload_status: Default::default(),
             tls_reload_status: Default::default(),
             bundle: None,
@@ -236,7 +241,19 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             .as_ref()
             .map(|r| r.file.as_path()),
     )?);
-    let mut shared = Shared::new(config, policies, &http, revocations);
+    let introspectors = config
+        .identity
+        .introspection
+        .iter()
+        .map(|i| {
+            crate::identity::introspection::Introspector::new(
+                i,
+                &http,
+                config.identity.token_cache_size,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut shared = Shared::new(config, policies, &http, revocations, introspectors);
     if let Some(fetcher) = bundle {
         shared = shared.with_bundle(fetcher);
     }
