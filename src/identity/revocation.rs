@@ -124,7 +124,10 @@ impl RevocationList {
             regorus::Value::String(id) => set.contains(&**id),
             _ => false,
         };
-        if listed(&self.tokens, "jti") || listed(&self.sessions, "sid") {
+        // A claim lookup costs more than an empty set's check.
+        if (!self.tokens.is_empty() && listed(&self.tokens, "jti"))
+            || (!self.sessions.is_empty() && listed(&self.sessions, "sid"))
+        {
             return true;
         }
         let Some(revoked_before) = token.subject.as_ref().and_then(|s| self.subjects.get(s)) else {
