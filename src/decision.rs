@@ -83,7 +83,15 @@ impl DenyReason {
             PolicyError::InvalidResult { .. } => Self::InvalidResult,
             PolicyError::Timeout { .. } => Self::Timeout,
             PolicyError::Evaluation { .. } => Self::PolicyError,
-            _ => Self::Internal,
+            // Loading errors never reach a decision; should one, it is ours.
+            PolicyError::Read { .. }
+            | PolicyError::Compile { .. }
+            | PolicyError::Data { .. }
+            | PolicyError::NoPolicies { .. }
+            | PolicyError::MissingDecision { .. }
+            | PolicyError::Prepare { .. }
+            | PolicyError::Rvm { .. }
+            | PolicyError::Bundle(_) => Self::Internal,
         }
     }
 
@@ -122,147 +130,131 @@ pub struct Decision {
     pub record: DecisionRecord,
 }
 
+/// What a decision comes to before it is sent: the one place an allow is
+/// made. Everything that stops a request (the policy's deny, a policy
+/// error, a refused token or body, no time or room to decide) is a `Deny`.
+enum Verdict {
+    Allow(PolicyOutcome),
+    Deny {
+        reason: DenyReason,
+        status: u16,
+        /// The policy's own response (headers, body), or one made here.
+        outcome: PolicyOutcome,
+        /// For the log only, never sent to the client.
+        error: Option<String>,
+    },
+}
+
+/// Why a request is denied without the policy's answer.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// The request's token is invalid (401), or its keys cannot be had (503).
+    Token(TokenError),
+    /// The body has a supported content type and does not parse (400).
+    Body(String),
+    /// No time or room to decide (503).
+    Unavailable(DenyReason),
+}
+
 /// Decides. Only an outcome whose `allowed` is exactly `true` produces an OK.
 pub fn decide(
     result: Result<PolicyOutcome, PolicyError>,
     options: &DecisionOptions,
     decision_id: String,
 ) -> Decision {
-    let (outcome, deny_reason, error) = match result {
-        Ok(outcome) if outcome.allowed() => (Some(outcome), None, None),
-        Ok(outcome) => {
-            let reason = DenyReason::from_policy(outcome.reason.as_deref());
-            (Some(outcome), Some(reason), None)
-        }
-        Err(error) => (
-            None,
-            Some(DenyReason::from_error(&error)),
-            Some(error.to_string()),
-        ),
+    let verdict = match result {
+        Ok(outcome) if outcome.allowed() => Verdict::Allow(outcome),
+        Ok(outcome) => Verdict::Deny {
+            reason: DenyReason::from_policy(outcome.reason.as_deref()),
+            status: outcome.http_status.unwrap_or(DEFAULT_DENY_STATUS),
+            outcome,
+            error: None,
+        },
+        Err(error) => Verdict::Deny {
+            reason: DenyReason::from_error(&error),
+            status: DEFAULT_DENY_STATUS,
+            outcome: PolicyOutcome::default(),
+            error: Some(error.to_string()),
+        },
     };
+    respond(verdict, options, decision_id)
+}
 
+/// Denies a request before (or instead of) the policy's answer.
+pub fn refuse(refusal: Refusal, options: &DecisionOptions, decision_id: String) -> Decision {
+    let mut outcome = PolicyOutcome::default();
+    let (reason, status, error) = match refusal {
+        // RFC 6750: an invalid token is a 401 with `WWW-Authenticate`; keys
+        // or an introspection endpoint that cannot be had are a 503 (the
+        // token may be fine).
+        Refusal::Token(
+            error @ (TokenError::KeysUnavailable
+            | TokenError::KeysStale
+            | TokenError::IntrospectionUnavailable),
+        ) => (DenyReason::Token(error), 503, None),
+        Refusal::Token(error) => {
+            outcome.headers = vec![(
+                "www-authenticate".to_owned(),
+                "Bearer error=\"invalid_token\"".to_owned(),
+            )];
+            (DenyReason::Token(error), 401, None)
+        }
+        // As OPA's Envoy plugin 1.x: 400, body `request_parse_error: <why>`.
+        Refusal::Body(why) => {
+            let reason = DenyReason::RequestParseError;
+            outcome.body = format!("{}: {why}", reason.as_str());
+            (reason, 400, Some(why))
+        }
+        Refusal::Unavailable(reason) => (reason, 503, None),
+    };
+    respond(
+        Verdict::Deny {
+            reason,
+            status,
+            outcome,
+            error,
+        },
+        options,
+        decision_id,
+    )
+}
+
+/// The verdict as Envoy's answer and the log's record. Under dry run a
+/// deny is answered with an allow and recorded as the deny it would be.
+fn respond(verdict: Verdict, options: &DecisionOptions, decision_id: String) -> Decision {
     let mut record = DecisionRecord {
         decision_id,
-        allowed: deny_reason.is_none(),
-        deny_reason,
+        allowed: true,
+        deny_reason: None,
         http_status: None,
-        error,
+        error: None,
         dry_run: options.dry_run,
     };
-
-    let response = match (&record.deny_reason, outcome) {
-        (None, Some(outcome)) => allow(&outcome, &record.decision_id),
-        (Some(_), _) if options.dry_run => {
-            record.allowed = true;
+    let response = match verdict {
+        Verdict::Allow(outcome) => allow(&outcome, &record.decision_id),
+        Verdict::Deny {
+            reason,
+            error,
+            status: _,
+            outcome: _,
+        } if options.dry_run => {
+            record.deny_reason = Some(reason);
+            record.error = error;
             allow(&PolicyOutcome::default(), &record.decision_id)
         }
-        (Some(reason), outcome) => {
-            let outcome = outcome.unwrap_or_default();
-            let status = outcome.http_status.unwrap_or(DEFAULT_DENY_STATUS);
-            record.http_status = Some(status);
-            deny(&outcome, reason, status, options, &record.decision_id)
-        }
-        (None, None) => {
-            // Unreachable by construction (no reason means an outcome), but
-            // if it ever happens it must be a deny.
-            let reason = DenyReason::Internal;
+        Verdict::Deny {
+            reason,
+            status,
+            outcome,
+            error,
+        } => {
             record.allowed = false;
-            record.http_status = Some(DEFAULT_DENY_STATUS);
-            let response = deny(
-                &PolicyOutcome::default(),
-                &reason,
-                DEFAULT_DENY_STATUS,
-                options,
-                &record.decision_id,
-            );
+            record.http_status = Some(status);
+            record.error = error;
+            let response = deny(&outcome, &reason, status, options, &record.decision_id);
             record.deny_reason = Some(reason);
             response
         }
-    };
-    Decision { response, record }
-}
-
-/// A request whose token is invalid, denied before the policy is asked:
-/// 401 with `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750), or
-/// 503 when the provider's keys cannot be had (the token may be fine).
-pub fn reject_token(error: TokenError, options: &DecisionOptions, decision_id: String) -> Decision {
-    let reason = DenyReason::Token(error);
-    let mut record = DecisionRecord {
-        decision_id,
-        allowed: false,
-        deny_reason: Some(reason.clone()),
-        http_status: None,
-        error: None,
-        dry_run: options.dry_run,
-    };
-    if options.dry_run {
-        record.allowed = true;
-        let response = allow(&PolicyOutcome::default(), &record.decision_id);
-        return Decision { response, record };
-    }
-    let (status, headers) = match error {
-        TokenError::KeysUnavailable
-        | TokenError::KeysStale
-        | TokenError::IntrospectionUnavailable => (503, Vec::new()),
-        _ => (
-            401,
-            vec![(
-                "www-authenticate".to_owned(),
-                "Bearer error=\"invalid_token\"".to_owned(),
-            )],
-        ),
-    };
-    record.http_status = Some(status);
-    let mut outcome = PolicyOutcome::default();
-    outcome.headers = headers;
-    let response = deny(&outcome, &reason, status, options, &record.decision_id);
-    Decision { response, record }
-}
-
-/// A request whose body does not parse, denied before the policy is asked
-/// as OPA's Envoy plugin 1.x denies it: 400, body `request_parse_error: <why>`.
-pub fn reject_body(why: &str, options: &DecisionOptions, decision_id: String) -> Decision {
-    let reason = DenyReason::RequestParseError;
-    let mut record = DecisionRecord {
-        decision_id,
-        allowed: options.dry_run,
-        deny_reason: Some(reason.clone()),
-        http_status: None,
-        error: Some(why.to_owned()),
-        dry_run: options.dry_run,
-    };
-    let response = if options.dry_run {
-        allow(&PolicyOutcome::default(), &record.decision_id)
-    } else {
-        record.http_status = Some(400);
-        let mut outcome = PolicyOutcome::default();
-        outcome.body = format!("{}: {why}", reason.as_str());
-        deny(&outcome, &reason, 400, options, &record.decision_id)
-    };
-    Decision { response, record }
-}
-
-/// A request that could not be decided in time: 503, fail closed.
-pub fn unavailable(reason: DenyReason, options: &DecisionOptions, decision_id: String) -> Decision {
-    let mut record = DecisionRecord {
-        decision_id,
-        allowed: options.dry_run,
-        deny_reason: Some(reason.clone()),
-        http_status: None,
-        error: None,
-        dry_run: options.dry_run,
-    };
-    let response = if options.dry_run {
-        allow(&PolicyOutcome::default(), &record.decision_id)
-    } else {
-        record.http_status = Some(503);
-        deny(
-            &PolicyOutcome::default(),
-            &reason,
-            503,
-            options,
-            &record.decision_id,
-        )
     };
     Decision { response, record }
 }
@@ -561,7 +553,7 @@ mod tests {
 
     #[test]
     fn invalid_tokens_get_401_with_the_rfc_6750_challenge() {
-        let d = reject_token(TokenError::Expired, &options(), "id".into());
+        let d = refuse(Refusal::Token(TokenError::Expired), &options(), "id".into());
         assert!(!d.record.allowed);
         let response = denied(&d.response);
         assert_eq!(response.status.as_ref().unwrap().code, 401);
@@ -573,7 +565,11 @@ mod tests {
             header(&response.headers, "x-arbiter-reason"),
             Some("token_expired")
         );
-        let d = reject_token(TokenError::KeysStale, &options(), "id".into());
+        let d = refuse(
+            Refusal::Token(TokenError::KeysStale),
+            &options(),
+            "id".into(),
+        );
         assert_eq!(denied(&d.response).status.as_ref().unwrap().code, 503);
     }
 

@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{BodyErrors, Config, OnInvalidToken};
 use crate::context::{ParseOptions, ParsedBody, RequestContext, split_target};
-use crate::decision::{self, DecisionOptions};
+use crate::decision::{self, DecisionOptions, Refusal};
 use crate::identity::{Authentication, Authenticator, Identity};
 use crate::policy::{PolicyError, PolicySet};
 use crate::proto::auth::{CheckRequest, CheckResponse};
@@ -147,8 +147,8 @@ impl Pipeline {
     /// The deny for a request that could not be decided in time, or for
     /// which the slow lane had no room.
     pub fn undecided(&self, reason: decision::DenyReason) -> decision::Decision {
-        let decision = decision::unavailable(
-            reason,
+        let decision = decision::refuse(
+            Refusal::Unavailable(reason),
             &self.decision_options,
             uuid::Uuid::new_v4().to_string(),
         );
@@ -225,8 +225,12 @@ impl Pipeline {
                     ..
                 },
                 _,
-            ) => decision::reject_token(*error, &self.decision_options, decision_id),
-            (_, Some(why)) => decision::reject_body(why, &self.decision_options, decision_id),
+            ) => decision::refuse(Refusal::Token(*error), &self.decision_options, decision_id),
+            (_, Some(why)) => decision::refuse(
+                Refusal::Body(why.to_owned()),
+                &self.decision_options,
+                decision_id,
+            ),
             _ => {
                 // Posture is verified only when the policy will see it.
                 let device = self
@@ -262,8 +266,8 @@ impl Pipeline {
                         self.metrics.record_engine(evaluation.engine);
                         decision::decide(evaluation.result, &self.decision_options, decision_id)
                     }
-                    Err(lane::LaneFull) => decision::unavailable(
-                        decision::DenyReason::Overloaded,
+                    Err(lane::LaneFull) => decision::refuse(
+                        Refusal::Unavailable(decision::DenyReason::Overloaded),
                         &self.decision_options,
                         decision_id,
                     ),
