@@ -109,25 +109,12 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Router {
 /// The `tracing` target of decision log lines.
 pub const DECISION_TARGET: &str = "arbiter::decision";
 
-/// Fields of a decision line that `[log] mask` may remove.
-pub const MASKABLE_FIELDS: [&str; 9] = [
-    "method",
-    "host",
-    "path",
-    "source_address",
-    "source_principal",
-    "subject",
-    "provider",
-    "device_id",
-    "error",
-];
-
 /// How decisions are logged: which allows are sampled, which fields masked.
 #[derive(Debug)]
 pub struct DecisionLog {
     /// Fraction of allows logged, 0 to 1; every deny is logged.
     allow_sample_rate: f64,
-    mask: Vec<String>,
+    mask: Vec<crate::config::LogField>,
     /// Lines for the writer thread; a full queue drops the line.
     queue: std::sync::mpsc::SyncSender<DecisionLine>,
     /// Lines queued and not yet written, for [`DecisionLog::flush`].
@@ -342,7 +329,7 @@ impl DecisionLog {
     }
 
     fn field(&self, name: &str, value: &str) -> String {
-        if self.mask.iter().any(|m| m == name) {
+        if self.mask.iter().any(|m| m.as_str() == name) {
             "[masked]".to_owned()
         } else {
             value.to_owned()

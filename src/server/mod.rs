@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::policy::{PolicyError, PolicySet};
 use crate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
 use crate::proto::auth::{CheckRequest, CheckResponse};
+use crate::telemetry;
 
 pub mod authzen;
 pub mod front_doors;
@@ -115,6 +116,70 @@ impl Shared {
     /// fetched, and not shutting down.
     pub fn is_ready(&self) -> bool {
         self.readiness.is_ready() && self.pipeline.authenticator.is_ready()
+    }
+}
+
+/// What the admin endpoints show of this Arbiter.
+impl crate::admin::Operations for Shared {
+    fn readiness(&self) -> (bool, serde_json::Value) {
+        let ready = self.is_ready();
+        let authenticator = &self.pipeline.authenticator;
+        let providers: serde_json::Map<String, serde_json::Value> = authenticator
+            .key_stores()
+            .map(|(name, store)| {
+                (
+                    name.to_owned(),
+                    serde_json::json!({
+                        "keys_loaded": store.has_keys(),
+                        "key_age_seconds": store.key_age().map(|a| a.as_secs()),
+                    }),
+                )
+            })
+            .collect();
+        let policies = self.pipeline.policies.load();
+        let engine = policies.engine_status();
+        let revocations = authenticator.revocations();
+        let body = serde_json::json!({
+            "ready": ready,
+            "policy_revision": policies.revision().to_string(),
+            "engine": engine.engine,
+            "fallback_reason": engine.fallback_reason,
+            "identity_providers": providers,
+            "last_reload_error": self.reload_status.last_error.load().as_deref().cloned(),
+            "last_tls_reload_error": self.tls_reload_status.last_error.load().as_deref().cloned(),
+            "revocation": {
+                "file": revocations.file(),
+                "entries": revocations.entries(),
+                "from_bundle": policies.revocations().map(|list| list.len()),
+                "last_error": revocations.last_error(),
+            },
+            "bundle": self.bundle.as_ref().map(|fetcher| {
+                let current = fetcher.current();
+                serde_json::json!({
+                    "source": fetcher.source(),
+                    "revision": current.as_ref().map(|b| b.manifest.revision.clone()),
+                    "verified": current.as_ref().is_some_and(|b| b.verified),
+                })
+            }),
+        });
+        (ready, body)
+    }
+
+    fn metrics_text(&self) -> String {
+        let pipeline = &self.pipeline;
+        let policies = pipeline.policies.load();
+        let revision = policies.revision().to_string();
+        let mut text = pipeline.metrics.render(&revision, self.is_ready());
+        telemetry::render_engine(&mut text, &policies.engine_status());
+        telemetry::render_decision_log(&mut text, &pipeline.decision_log);
+        pipeline.lane.render(&mut text);
+        telemetry::render_identity(&mut text, &pipeline.authenticator);
+        telemetry::render_reloads(&mut text, "policy", &self.reload_status);
+        telemetry::render_reloads(&mut text, "tls", &self.tls_reload_status);
+        if let Some(fetcher) = &self.bundle {
+            telemetry::render_bundle(&mut text, fetcher);
+        }
+        text
     }
 }
 
@@ -374,11 +439,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         }
         None => None,
     };
-    let admin_task = tokio::spawn(crate::admin::serve(
-        admin_listener,
-        Arc::clone(&shared),
-        shutdown_rx,
-    ));
+    let operations: Arc<dyn crate::admin::Operations> = Arc::clone(&shared) as _;
+    let admin_task = tokio::spawn(crate::admin::serve(admin_listener, operations, shutdown_rx));
     tracing::info!(%grpc_addr, %admin_addr, http_addr = ?http_addr, "arbiter serving");
     Ok(Running {
         grpc_addr,
