@@ -286,7 +286,7 @@ fn parse_fixture_file(path: &Path, text: &str) -> Result<FixtureFile, FixtureErr
     let parsed = if is_json {
         serde_json::from_str(text).map_err(|e| e.to_string())
     } else {
-        serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+        yaml_serde::from_str(text).map_err(|e| e.to_string())
     };
     parsed.map_err(|message| FixtureError::Parse {
         path: path.to_owned(),

@@ -14,7 +14,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use arbiter::Config;
-use serde_yaml_ng::Value;
+use yaml_serde::Value;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -22,7 +22,7 @@ fn root() -> PathBuf {
 
 fn documents(path: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(root().join(path)).unwrap();
-    serde_yaml_ng::Deserializer::from_str(&text)
+    yaml_serde::Deserializer::from_str(&text)
         .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
         .collect()
 }

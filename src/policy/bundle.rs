@@ -345,7 +345,7 @@ impl std::fmt::Display for Roots {
 /// A JSON or YAML file's value.
 fn structured(path: &str, bytes: &[u8]) -> Result<serde_json::Value, String> {
     if path.ends_with(".yaml") || path.ends_with(".yml") {
-        serde_yaml_ng::from_slice(bytes).map_err(|e| e.to_string())
+        yaml_serde::from_slice(bytes).map_err(|e| e.to_string())
     } else {
         serde_json::from_slice(bytes).map_err(|e| e.to_string())
     }
