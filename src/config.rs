@@ -555,6 +555,7 @@ impl SsfConfig {
             skip_audience_check: false,
             jwks_uri: self.jwks_uri.clone(),
             jwks_file: self.jwks_file.clone(),
+            jwks_inline: None,
             discovery: false,
             algorithms: self.algorithms.clone(),
             leeway: default_leeway(),
@@ -667,6 +668,10 @@ pub struct JwtProviderConfig {
     pub jwks_uri: Option<String>,
     /// ...or a JWKS file...
     pub jwks_file: Option<PathBuf>,
+    /// ...or a JWKS held in memory (`arbiter test`'s fixture keys; not
+    /// configurable)...
+    #[serde(skip)]
+    pub jwks_inline: Option<String>,
     /// ...or OIDC discovery at `issuer` + `/.well-known/openid-configuration`.
     #[serde(default)]
     pub discovery: bool,

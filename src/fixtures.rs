@@ -186,19 +186,16 @@ struct Suite {
     user_key: TestKey,
     device_key: TestKey,
     files: FoundFiles,
-    /// Holds the fixture JWKS files for as long as the suite runs.
-    _keys_dir: tempfile::TempDir,
 }
 
 impl Suite {
     async fn prepare(config: &Config) -> Result<Self, FixtureError> {
         let files = find_files(&config.policy.paths)?;
-        let keys_dir = tempfile::tempdir().map_err(|e| FixtureError::Setup(e.to_string()))?;
         let user_key = TestKey::generate("fixture-user", jsonwebtoken::Algorithm::ES256)
             .map_err(|e| FixtureError::Setup(e.to_string()))?;
         let device_key = TestKey::generate("fixture-device", jsonwebtoken::Algorithm::ES256)
             .map_err(|e| FixtureError::Setup(e.to_string()))?;
-        let config = fixture_config(config, keys_dir.path(), &user_key, &device_key)?;
+        let config = fixture_config(config, &user_key, &device_key);
         let policies = PolicySet::load(&config.policy)?;
         let pipeline = Arc::new(
             Pipeline::new(&config, policies, &reqwest::Client::new()).without_decision_log(),
@@ -215,7 +212,6 @@ impl Suite {
             user_key,
             device_key,
             files,
-            _keys_dir: keys_dir,
         })
     }
 
@@ -298,24 +294,18 @@ fn parse_fixture_file(path: &Path, text: &str) -> Result<FixtureFile, FixtureErr
 /// the real ones, so tokens signed here verify and no IdP is contacted.
 fn fixture_config(
     base: &Config,
-    dir: &Path,
     user: &TestKey,
     device: &TestKey,
-) -> Result<Config, FixtureError> {
-    let write = |name: &str, key: &TestKey| {
-        let path = dir.join(name);
-        std::fs::write(&path, jwks(&[key]).to_string())
-            .map_err(|e| FixtureError::Setup(e.to_string()))?;
-        Ok::<_, FixtureError>(path)
-    };
+) -> Config {
     let provider =
-        |name: &str, issuer: &str, file: PathBuf, from: TokenLocation| JwtProviderConfig {
+        |name: &str, issuer: &str, key: &TestKey, from: TokenLocation| JwtProviderConfig {
             name: name.into(),
             issuer: issuer.into(),
             audiences: vec![FIXTURE_AUDIENCE.into()],
             skip_audience_check: false,
             jwks_uri: None,
-            jwks_file: Some(file),
+            jwks_file: None,
+            jwks_inline: Some(jwks(&[key]).to_string()),
             discovery: false,
             algorithms: vec!["ES256".into()],
             leeway: Duration::from_secs(60),
@@ -335,17 +325,17 @@ fn fixture_config(
         .first()
         .map(|p| (p.from.clone(), p.on_invalid))
         .unwrap_or_default();
-    let mut user_provider = provider("fixtures", FIXTURE_ISSUER, write("users.json", user)?, from);
+    let mut user_provider = provider("fixtures", FIXTURE_ISSUER, user, from);
     user_provider.on_invalid = on_invalid;
     config.identity.jwt = vec![user_provider];
     config.device.jwt = Some(provider(
         "fixtures-device",
         FIXTURE_DEVICE_ISSUER,
-        write("devices.json", device)?,
+        device,
         TokenLocation::default(),
     ));
     config.decision.dry_run = false;
-    Ok(config)
+    config
 }
 
 fn now() -> u64 {

@@ -42,16 +42,19 @@ pub enum JwksError {
 pub enum KeySource {
     Url(String),
     File(PathBuf),
+    /// A JWKS document given whole.
+    Inline(Arc<str>),
     /// OIDC discovery from this issuer.
     Discovery(String),
 }
 
 impl KeySource {
     pub fn from_config(config: &JwtProviderConfig) -> Self {
-        match (&config.jwks_uri, &config.jwks_file) {
-            (Some(url), _) => Self::Url(url.clone()),
-            (None, Some(path)) => Self::File(path.clone()),
-            (None, None) => Self::Discovery(config.issuer.clone()),
+        match (&config.jwks_uri, &config.jwks_file, &config.jwks_inline) {
+            (Some(url), _, _) => Self::Url(url.clone()),
+            (None, Some(path), _) => Self::File(path.clone()),
+            (None, None, Some(jwks)) => Self::Inline(jwks.as_str().into()),
+            (None, None, None) => Self::Discovery(config.issuer.clone()),
         }
     }
 }
@@ -434,6 +437,9 @@ impl KeyStore {
                 KeySet::parse(&path.display().to_string(), &body, None, generation)
             }
             KeySource::Url(url) => self.fetch_url(url, generation).await,
+            KeySource::Inline(jwks) => {
+                KeySet::parse(&self.provider, jwks.as_bytes(), None, generation)
+            }
             KeySource::Discovery(issuer) => {
                 let url = match self.discovered.load_full() {
                     Some(url) => url,
