@@ -120,7 +120,7 @@ pub struct DeviceConfig {
     pub binding: PostureBinding,
     /// Slash-separated data path of a device inventory keyed by device ID
     /// (e.g. `devices`), merged into `input.device.inventory`.
-    pub inventory: Option<String>,
+    pub inventory: Option<DataPath>,
     /// A compliance header set by a trusted edge that strips it from
     /// clients. Off unless named; used only without a posture token, and then
     /// `input.device.verified` is `false`.
@@ -260,6 +260,33 @@ impl Default for AuthzenConfig {
         Self {
             decision: DecisionPath::from_static("authzen/decision"),
         }
+    }
+}
+
+/// A path into the data document, written with slashes (`a/b`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataPath(Vec<String>);
+
+impl DataPath {
+    pub fn segments(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for DataPath {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        let segments: Vec<String> = raw
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if segments.is_empty() {
+            return Err(serde::de::Error::custom(format!(
+                "{raw:?} names no data path; write it like \"devices\" or \"inventory/devices\""
+            )));
+        }
+        Ok(Self(segments))
     }
 }
 
@@ -542,7 +569,7 @@ pub struct SsfConfig {
     pub jwks_uri: Option<String>,
     pub jwks_file: Option<PathBuf>,
     #[serde(default = "default_algorithms")]
-    pub algorithms: Vec<String>,
+    pub algorithms: Vec<SigningAlgorithm>,
 }
 
 impl SsfConfig {
@@ -676,7 +703,7 @@ pub struct JwtProviderConfig {
     #[serde(default)]
     pub discovery: bool,
     #[serde(default = "default_algorithms")]
-    pub algorithms: Vec<String>,
+    pub algorithms: Vec<SigningAlgorithm>,
     #[serde(default = "default_leeway", with = "humantime_serde")]
     pub leeway: Duration,
     /// Longest accepted lifetime (`exp - iat`, or `exp - now` without `iat`).
@@ -702,8 +729,8 @@ pub struct JwtProviderConfig {
     pub fetch_timeout: Duration,
 }
 
-fn default_algorithms() -> Vec<String> {
-    vec!["RS256".into(), "ES256".into()]
+fn default_algorithms() -> Vec<SigningAlgorithm> {
+    vec![SigningAlgorithm::RS256, SigningAlgorithm::ES256]
 }
 fn default_leeway() -> Duration {
     Duration::from_secs(60)
@@ -726,9 +753,37 @@ fn default_fetch_timeout() -> Duration {
 
 /// Algorithms a provider may allow. HMAC is never one: a shared secret is
 /// not an identity provider's key, and allowing it invites algorithm confusion.
-pub const ASYMMETRIC_ALGORITHMS: [&str; 9] = [
-    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
-];
+/// The algorithms a token may be signed with: asymmetric only, so a
+/// published key can never be used to sign (no HMAC, never `none`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SigningAlgorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl SigningAlgorithm {
+    pub fn jwt(self) -> jsonwebtoken::Algorithm {
+        use jsonwebtoken::Algorithm as A;
+        match self {
+            Self::RS256 => A::RS256,
+            Self::RS384 => A::RS384,
+            Self::RS512 => A::RS512,
+            Self::PS256 => A::PS256,
+            Self::PS384 => A::PS384,
+            Self::PS512 => A::PS512,
+            Self::ES256 => A::ES256,
+            Self::ES384 => A::ES384,
+            Self::EdDSA => A::EdDSA,
+        }
+    }
+}
 
 /// Log output.
 #[derive(Debug, Clone, Deserialize)]
@@ -940,14 +995,6 @@ impl Config {
                     "algorithms",
                     "at least one algorithm is required".into(),
                 ));
-            }
-            for alg in &p.algorithms {
-                if !ASYMMETRIC_ALGORITHMS.contains(&alg.as_str()) {
-                    return Err(invalid(
-                        "algorithms",
-                        format!("{alg:?} is not allowed; use one of {ASYMMETRIC_ALGORITHMS:?}"),
-                    ));
-                }
             }
             if p.refresh_min > p.refresh_max || p.refresh_min.is_zero() {
                 return Err(invalid(

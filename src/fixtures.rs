@@ -292,11 +292,7 @@ fn parse_fixture_file(path: &Path, text: &str) -> Result<FixtureFile, FixtureErr
 
 /// The user's config with the fixture IdP and device service in place of
 /// the real ones, so tokens signed here verify and no IdP is contacted.
-fn fixture_config(
-    base: &Config,
-    user: &TestKey,
-    device: &TestKey,
-) -> Config {
+fn fixture_config(base: &Config, user: &TestKey, device: &TestKey) -> Config {
     let provider =
         |name: &str, issuer: &str, key: &TestKey, from: TokenLocation| JwtProviderConfig {
             name: name.into(),
@@ -307,7 +303,7 @@ fn fixture_config(
             jwks_file: None,
             jwks_inline: Some(jwks(&[key]).to_string()),
             discovery: false,
-            algorithms: vec!["ES256".into()],
+            algorithms: vec![crate::config::SigningAlgorithm::ES256],
             leeway: Duration::from_secs(60),
             max_lifetime: None,
             from,

@@ -252,13 +252,10 @@ fn decode_json(part: &str) -> Result<serde_json::Map<String, serde_json::Value>,
 /// The algorithm is not allowed, or no single fitting key is known.
 pub fn signing_key<'k>(
     unverified: &Unverified,
-    algorithms: &[String],
+    algorithms: &[crate::config::SigningAlgorithm],
     keys: &'k KeySet,
 ) -> Result<&'k super::jwks::VerificationKey, TokenError> {
-    if !algorithms
-        .iter()
-        .any(|a| a.parse::<Algorithm>().ok() == Some(unverified.alg))
-    {
+    if !algorithms.iter().any(|a| a.jwt() == unverified.alg) {
         return Err(TokenError::AlgorithmNotAllowed);
     }
     let key = match &unverified.kid {

@@ -45,7 +45,7 @@ pub struct Pipeline {
     decision_timeout: Duration,
     body_errors: crate::config::BodyErrors,
     /// Data path of the device inventory, if configured.
-    inventory_path: Option<Vec<String>>,
+    inventory_path: Option<crate::config::DataPath>,
 }
 
 impl Pipeline {
@@ -71,12 +71,7 @@ impl Pipeline {
             decision_log: telemetry::DecisionLog::new(&config.log),
             decision_timeout: config.server.decision_timeout,
             body_errors: config.policy.body_errors,
-            inventory_path: config.device.inventory.as_ref().map(|p| {
-                p.split('/')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            }),
+            inventory_path: config.device.inventory.clone(),
             decision_options: DecisionOptions {
                 dry_run: config.decision.dry_run,
                 reason_header,
@@ -241,7 +236,7 @@ impl Pipeline {
                 let inventory = self
                     .inventory_path
                     .as_ref()
-                    .map(|path| policies.data_at(path));
+                    .map(|path| policies.data_at(path.segments()));
                 let identity = Identity {
                     user: authentication.clone(),
                     device,
