@@ -234,6 +234,10 @@ pub struct HttpConfig {
     /// TLS (and, with `client_ca_file`, mutual TLS) on this listener,
     /// reloaded like the gRPC listener's.
     pub tls: Option<TlsConfig>,
+    /// Which headers the forward-auth proxy describes the original request
+    /// in. Only those are read: a proxy passes the client's own headers on,
+    /// so the other family may be the client's.
+    pub forward_auth_headers: ForwardAuthHeaders,
 }
 
 impl Default for HttpConfig {
@@ -242,8 +246,19 @@ impl Default for HttpConfig {
             addr: None,
             trust_loopback: true,
             tls: None,
+            forward_auth_headers: ForwardAuthHeaders::XForwarded,
         }
     }
+}
+
+/// The headers a forward-auth proxy sets for the original request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardAuthHeaders {
+    /// `X-Forwarded-Method` and `X-Forwarded-Uri` (Traefik, Caddy).
+    XForwarded,
+    /// `X-Original-Method` and `X-Original-URI`, set by the operator (nginx).
+    XOriginal,
 }
 
 /// The OpenID AuthZEN Authorization API 1.0 on the HTTP listener.

@@ -49,6 +49,8 @@ allow := {"allowed": false, "http_status": 403, "body": "no guns", "reason": "fo
   input.parsed_body.item == "gun"
 }
 
+allow := {"allowed": false, "http_status": 503, "reason": "maintenance"} if http.headers["x-maintenance"]
+
 # Two values for one complete rule: an evaluation error, which must deny.
 allow := true if http.headers["x-fail"]
 allow := false if http.headers["x-fail"]
@@ -62,7 +64,13 @@ can_read if input.user == "alice"
 const HTTP: &str = "[http]\naddr = \"127.0.0.1:0\"\n";
 
 async fn start(extra: &str) -> TestArbiter {
-    TestArbiter::start(&[("authz.rego", POLICY)], &format!("{HTTP}{extra}")).await
+    // Decision lines to a file in the test's directory, not to stdout.
+    let log = if extra.contains("[log]") {
+        ""
+    } else {
+        "[log]\ndecision_file = \"decisions.log\"\n"
+    };
+    TestArbiter::start(&[("authz.rego", POLICY)], &format!("{HTTP}{extra}\n{log}")).await
 }
 
 fn client() -> reqwest::Client {
@@ -195,6 +203,26 @@ async fn the_envoy_door_believes_forwarded_addresses_only_from_trusted_proxies()
         "127.0.0.1",
         "a forwarded address from an untrusted caller was believed"
     );
+    // Envoy reads a 5xx from an HTTP authorization server as a failed
+    // call (failure_mode_allow would let it through): a deny with one
+    // reaches Envoy as a 403; forward-auth proxies get it as it is.
+    let maintenance = http
+        .get(arbiter.http_url("/envoy/api/items"))
+        .header("x-maintenance", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(maintenance.status(), 403);
+    assert_eq!(maintenance.headers()["x-arbiter-reason"], "maintenance");
+    let forwarded = http
+        .get(arbiter.http_url("/forward-auth"))
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-uri", "/api/items")
+        .header("x-maintenance", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forwarded.status(), 503);
     arbiter.running.shutdown().await;
 
     let arbiter = start("[context]\ntrusted_proxies = [\"127.0.0.1\"]\n").await;
@@ -245,21 +273,10 @@ async fn forward_auth_decides_the_request_the_proxy_describes() {
     assert_eq!(allowed.headers()["x-user"], "alice");
     // The caller is a trusted proxy (loopback), so its X-Forwarded-For is the client.
     assert_eq!(allowed.headers()["x-client-ip"], "203.0.113.9");
-    // nginx describes it with X-Original-* set by the operator.
-    let nginx = http
-        .get(arbiter.http_url("/forward-auth"))
-        .header("x-original-method", "DELETE")
-        .header("x-original-uri", "/api/items")
-        .header("x-api-key", "alice-key")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(nginx.status(), 401, "DELETE is not allowed by the policy");
-    assert_eq!(nginx.headers()["x-arbiter-reason"], "no_credentials");
-    assert_eq!(nginx.text().await.unwrap(), "who are you?");
     // A policy error is a deny.
     let failed = http
         .get(arbiter.http_url("/forward-auth"))
+        .header("x-forwarded-method", "GET")
         .header("x-forwarded-uri", "/api/items")
         .header("x-api-key", "alice-key")
         .header("x-fail", "1")
@@ -268,6 +285,39 @@ async fn forward_auth_decides_the_request_the_proxy_describes() {
         .unwrap();
     assert_eq!(failed.status(), 403);
     assert_eq!(failed.headers()["x-arbiter-reason"], "policy_error");
+    // Only the configured family is read: X-Original-* here is the
+    // client's, and without X-Forwarded-* there is no request to judge.
+    let other_family = http
+        .get(arbiter.http_url("/forward-auth"))
+        .header("x-original-method", "GET")
+        .header("x-original-uri", "/api/items")
+        .header("x-api-key", "alice-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other_family.status(), 403);
+    assert_eq!(
+        other_family.headers()["x-arbiter-reason"],
+        "forward_auth_incomplete"
+    );
+    arbiter.running.shutdown().await;
+
+    // nginx describes it with X-Original-* set by the operator; a client's
+    // X-Forwarded-Uri passed on by nginx is not read.
+    let arbiter = start("forward_auth_headers = \"x-original\"\n").await;
+    let nginx = http
+        .get(arbiter.http_url("/forward-auth"))
+        .header("x-original-method", "DELETE")
+        .header("x-original-uri", "/api/items")
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-uri", "/api/items")
+        .header("x-api-key", "alice-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nginx.status(), 401, "DELETE is not allowed by the policy");
+    assert_eq!(nginx.headers()["x-arbiter-reason"], "no_credentials");
+    assert_eq!(nginx.text().await.unwrap(), "who are you?");
     arbiter.running.shutdown().await;
 }
 
@@ -347,6 +397,16 @@ async fn opa_data_api_answers_as_opa_does() {
     .unwrap();
     assert!(undefined.get("result").is_none(), "{undefined}");
     assert!(undefined["decision_id"].is_string(), "{undefined}");
+    // A key with a slash in it is one key: decoded once, after splitting.
+    let slashed = http
+        .get(arbiter.http_url("/v1/data/envoy/authz/tenants/ac%2Fme"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!slashed.contains("result"), "{slashed}");
     let tenants: serde_json::Value = http
         .get(arbiter.http_url("/v1/data/envoy/authz/tenants/acme"))
         .send()
@@ -402,7 +462,11 @@ async fn forward_auth_through(proxy: &str) {
     let Some(binary) = proxy_binary(proxy) else {
         return;
     };
-    let arbiter = start("").await;
+    let arbiter = start(match proxy {
+        "nginx" => "forward_auth_headers = \"x-original\"\n",
+        _ => "",
+    })
+    .await;
     let upstream = Upstream::start().await;
     let http_addr = arbiter.running.http_addr.unwrap();
     let proxy_server = match proxy {

@@ -182,6 +182,23 @@ async fn a_session_revoked_event_takes_effect_at_once_and_a_forged_one_changes_n
     assert_eq!(s.decide(&bob).await.as_deref(), Some("token_revoked"));
     assert_eq!(s.decide(&s.token("bob", issued, "s-4")).await, None);
 
+    // A subject named by email revokes the tokens carrying that email.
+    let carol = s
+        .user_key
+        .sign(&json!({"iss": s.users.issuer(), "aud": "api", "sub": "c-123", "email": "carol@example.com", "iat": issued, "exp": now() + 600}))
+        .unwrap();
+    assert_eq!(s.decide(&carol).await, None);
+    let by_email = json!({"format": "email", "email": "carol@example.com"});
+    let (status, _) = s
+        .push(&s.set(
+            &s.transmitter_key,
+            "https://arbiter.example",
+            &session_revoked(by_email, now()),
+        ))
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(s.decide(&carol).await.as_deref(), Some("token_revoked"));
+
     let metrics = s.arbiter.metrics().await;
     assert_eq!(
         metric(&metrics, "arbiter_ssf_events_total{result=\"refused\"}"),
@@ -190,7 +207,7 @@ async fn a_session_revoked_event_takes_effect_at_once_and_a_forged_one_changes_n
     );
     assert_eq!(
         metric(&metrics, "arbiter_ssf_events_total{result=\"applied\"}"),
-        Some(2.0),
+        Some(3.0),
         "{metrics}"
     );
     s.arbiter.running.shutdown().await;

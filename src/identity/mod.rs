@@ -433,7 +433,9 @@ impl Authenticator {
         if let Some(hit) = self.cache.get(&cache_key) {
             // Only a token verified for one of these providers counts: a
             // user's token in the device header is not device posture.
-            let provider = providers.iter().find(|p| p.config.name == hit.provider);
+            let provider = providers
+                .iter()
+                .find(|p| p.config.name == hit.provider && p.config.from == *location);
             // A cached token is still checked for time, and against the
             // current keys: a key the IdP withdrew no longer vouches for it.
             let still_keyed = provider

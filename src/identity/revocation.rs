@@ -48,6 +48,9 @@ pub struct RevocationList {
     sessions: HashSet<String>,
     /// Subject to the time (Unix seconds) before which its tokens are revoked.
     subjects: HashMap<String, u64>,
+    /// The same by the tokens' `email` claim (from events naming a subject
+    /// by email; the file names subjects by `sub`).
+    emails: HashMap<String, u64>,
 }
 
 #[derive(Deserialize)]
@@ -88,6 +91,7 @@ impl RevocationList {
             tokens: file.tokens.into_iter().collect(),
             sessions: file.sessions.into_iter().collect(),
             subjects,
+            emails: HashMap::new(),
         })
     }
 
@@ -108,7 +112,7 @@ impl RevocationList {
     }
 
     pub fn len(&self) -> usize {
-        self.tokens.len() + self.sessions.len() + self.subjects.len()
+        self.tokens.len() + self.sessions.len() + self.subjects.len() + self.emails.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -130,10 +134,19 @@ impl RevocationList {
         {
             return true;
         }
-        let Some(revoked_before) = token.subject.as_ref().and_then(|s| self.subjects.get(s)) else {
-            return false;
-        };
-        token.issued_at.is_none_or(|iat| iat < *revoked_before)
+        let issued_before =
+            |revoked_before: &u64| token.issued_at.is_none_or(|iat| iat < *revoked_before);
+        let by_subject = token
+            .subject
+            .as_ref()
+            .and_then(|s| self.subjects.get(s))
+            .is_some_and(issued_before);
+        let by_email = !self.emails.is_empty()
+            && token
+                .string_claim("email")
+                .and_then(|e| self.emails.get(e))
+                .is_some_and(issued_before);
+        by_subject || by_email
     }
 }
 
@@ -227,6 +240,10 @@ impl Revocations {
                     }
                     super::ssf::Revoked::Subject { subject, before } => {
                         let at = list.subjects.entry(subject.clone()).or_insert(*before);
+                        *at = (*at).max(*before);
+                    }
+                    super::ssf::Revoked::Email { email, before } => {
+                        let at = list.emails.entry(email.clone()).or_insert(*before);
                         *at = (*at).max(*before);
                     }
                 }

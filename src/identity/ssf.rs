@@ -30,6 +30,10 @@ pub enum SetError {
     InvalidIssuer,
     #[error("the SET is not addressed to this receiver")]
     InvalidAudience,
+    /// The transmitter's keys cannot be had now: the SET may be fine, and
+    /// the transmitter should send it again.
+    #[error("the transmitter's keys are not available; send it again later")]
+    Unavailable,
 }
 
 impl SetError {
@@ -40,6 +44,7 @@ impl SetError {
             Self::InvalidKey(_) => "invalid_key",
             Self::InvalidIssuer => "invalid_issuer",
             Self::InvalidAudience => "invalid_audience",
+            Self::Unavailable => "temporarily_unavailable",
         }
     }
 }
@@ -47,9 +52,14 @@ impl SetError {
 /// What one accepted SET revoked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Revoked {
-    /// Tokens of `subject` issued before `before` (Unix seconds).
+    /// Tokens of `subject` (their `sub`) issued before `before` (Unix seconds).
     Subject {
         subject: String,
+        before: u64,
+    },
+    /// Tokens whose `email` claim is `email`, issued before `before`.
+    Email {
+        email: String,
         before: u64,
     },
     Session(String),
@@ -94,22 +104,30 @@ impl SsfReceiver {
     /// # Errors
     /// The SET does not verify, is not for this receiver, or carries an
     /// event it does not know; nothing is applied then.
-    pub fn receive(&self, set: &str) -> Result<Vec<Revoked>, SetError> {
-        let claims = self.verify(set)?;
+    pub async fn receive(&self, set: &str) -> Result<Vec<Revoked>, SetError> {
+        let claims = self.verify(set).await?;
         let revoked = events(&claims)?;
         self.revocations.apply_events(&revoked);
         Ok(revoked)
     }
 
-    fn verify(&self, set: &str) -> Result<Map<String, Json>, SetError> {
+    async fn verify(&self, set: &str) -> Result<Map<String, Json>, SetError> {
         let unverified = token::peek(set).map_err(|e| SetError::InvalidRequest(e.to_string()))?;
         if unverified.issuer != self.provider.issuer {
             return Err(SetError::InvalidIssuer);
         }
-        let keys = self
+        let mut keys = self.keys.keys().map_err(|_| SetError::Unavailable)?;
+        // A kid the keys lack may be a key the transmitter just rotated in.
+        if matches!(
+            token::signing_key(&unverified, &self.provider.algorithms, &keys),
+            Err(super::TokenError::UnknownKid)
+        ) && let Some(fresh) = self
             .keys
-            .keys()
-            .map_err(|_| SetError::InvalidKey("the transmitter's keys are not available".into()))?;
+            .refresh_for_unknown_kid(Some(keys.generation))
+            .await
+        {
+            keys = fresh;
+        }
         let key = token::signing_key(&unverified, &self.provider.algorithms, &keys)
             .map_err(|e| SetError::InvalidKey(e.to_string()))?;
         let mut validation = Validation::new(unverified.alg);
@@ -163,22 +181,24 @@ fn events(claims: &Map<String, Json>) -> Result<Vec<Revoked>, SetError> {
             revoked.push(Revoked::Session(sid.to_owned()));
             continue;
         }
-        let id = match subject.get("format").and_then(Json::as_str) {
-            Some("iss_sub") => subject.get("sub"),
-            Some("opaque") => subject.get("id"),
-            Some("email") => subject.get("email"),
+        let named = |member: &str| {
+            subject
+                .get(member)
+                .and_then(Json::as_str)
+                .map(str::to_owned)
+        };
+        let event = match subject.get("format").and_then(Json::as_str) {
+            Some("iss_sub") => named("sub").map(|subject| Revoked::Subject { subject, before }),
+            Some("opaque") => named("id").map(|subject| Revoked::Subject { subject, before }),
+            Some("email") => named("email").map(|email| Revoked::Email { email, before }),
             _ => None,
         }
-        .and_then(Json::as_str)
         .ok_or_else(|| {
             SetError::InvalidRequest(format!(
                 "{kind}: the subject must be iss_sub, opaque or email, or carry a sid"
             ))
         })?;
-        revoked.push(Revoked::Subject {
-            subject: id.to_owned(),
-            before,
-        });
+        revoked.push(event);
     }
     Ok(revoked)
 }

@@ -254,7 +254,10 @@ async fn caller(shared: &Shared, headers: &HeaderMap) -> Result<Json, (StatusCod
         Authentication::Rejected { error: why, .. } => {
             let status = match why {
                 crate::identity::TokenError::KeysUnavailable
-                | crate::identity::TokenError::KeysStale => StatusCode::SERVICE_UNAVAILABLE,
+                | crate::identity::TokenError::KeysStale
+                | crate::identity::TokenError::IntrospectionUnavailable => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 _ => StatusCode::UNAUTHORIZED,
             };
             Err((status, json!({"error": why.label()})))

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::connect_info::Connected;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::Shared;
+use crate::config::ForwardAuthHeaders;
 use crate::pipeline::DocumentError;
 use crate::policy::PolicyError;
 use crate::proto::auth::attribute_context::{HttpRequest, Peer, Request};
@@ -181,15 +182,31 @@ async fn forward_auth(
         )
             .into_response();
     }
-    let first = |names: &[&str]| names.iter().find_map(|n| header_str(&headers, n));
+    // Only the configured family: the proxy passes the client's headers
+    // on, so a client could write the other one.
+    let (method, uri) = match shared.forward_auth_headers {
+        ForwardAuthHeaders::XForwarded => ("x-forwarded-method", "x-forwarded-uri"),
+        ForwardAuthHeaders::XOriginal => ("x-original-method", "x-original-uri"),
+    };
+    let (Some(method), Some(uri)) = (header_str(&headers, method), header_str(&headers, uri))
+    else {
+        // Without the original request there is nothing to decide; a
+        // default ("GET /") would judge another request than the one served.
+        pipeline
+            .metrics
+            .record_http(FrontDoor::ForwardAuth, StatusCode::FORBIDDEN.as_u16());
+        return (
+            StatusCode::FORBIDDEN,
+            [(reason_header(pipeline), "forward_auth_incomplete")],
+            format!("forward-auth needs the original method and URI in {method} and {uri}\n"),
+        )
+            .into_response();
+    };
     let original = Original {
-        method: first(&["x-forwarded-method", "x-original-method"])
-            .unwrap_or_else(|| "GET".to_owned()),
-        target: first(&["x-forwarded-uri", "x-original-uri", "x-original-url"])
-            .map(|uri| path_of(&uri))
-            .unwrap_or_else(|| "/".to_owned()),
-        host: first(&["x-forwarded-host"]).unwrap_or_else(|| host_of(&headers)),
-        scheme: first(&["x-forwarded-proto"]).unwrap_or_default(),
+        method,
+        target: path_of(&uri),
+        host: header_str(&headers, "x-forwarded-host").unwrap_or_else(|| host_of(&headers)),
+        scheme: header_str(&headers, "x-forwarded-proto").unwrap_or_default(),
     };
     let request = check_request(peer, &original, &headers, &Bytes::new());
     let response = pipeline
@@ -341,12 +358,20 @@ fn to_http(response: &CheckResponse, door: Door) -> Response {
             answer
         }
         Some(HttpResponse::DeniedResponse(denied)) => {
+            // Envoy's HTTP ext_authz takes a 5xx from the authorization
+            // server for a failed call (`failure_mode_allow` applies), so
+            // a deny goes to Envoy as 3xx or 4xx only; to the other
+            // proxies, any status from 300 up is a deny.
+            let deny_statuses = match door {
+                Door::Envoy => 300..=499,
+                Door::ForwardAuth => 300..=599,
+            };
             let status = denied
                 .status
                 .as_ref()
                 .and_then(|s| u16::try_from(s.code).ok())
+                .filter(|code| deny_statuses.contains(code))
                 .and_then(|code| StatusCode::from_u16(code).ok())
-                .filter(|code| !code.is_success())
                 .unwrap_or(StatusCode::FORBIDDEN);
             let mut answer = Response::new(Body::from(denied.body.clone()));
             *answer.status_mut() = status;
@@ -390,11 +415,12 @@ async fn data_v1(
 async fn data_v1_at(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(Caller(peer)): ConnectInfo<Caller>,
-    Path(path): Path<String>,
+    uri: Uri,
     method: Method,
     body: Bytes,
 ) -> Response {
-    data_v1_answer(&shared, peer, segments(&path), &method, &body).await
+    let path = segments(uri.path().strip_prefix("/v1/data").unwrap_or_default());
+    data_v1_answer(&shared, peer, path, &method, &body).await
 }
 
 async fn data_v1_answer(
@@ -446,9 +472,10 @@ async fn data_v1_answer(
 async fn data_v0_at(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(Caller(peer)): ConnectInfo<Caller>,
-    Path(path): Path<String>,
+    uri: Uri,
     body: Bytes,
 ) -> Response {
+    let raw = uri.path().strip_prefix("/v0/data").unwrap_or_default();
     let input = if body.is_empty() {
         None
     } else {
@@ -464,9 +491,9 @@ async fn data_v0_at(
             }
         }
     };
-    let name = path.clone();
+    let name = raw.trim_start_matches('/').to_owned();
     let decision_id = uuid::Uuid::new_v4().to_string();
-    match evaluate(&shared, peer, &decision_id, segments(&path), input).await {
+    match evaluate(&shared, peer, &decision_id, segments(raw), input).await {
         Ok(Some(result)) => opa_json(&shared, StatusCode::OK, &result),
         Ok(None) => opa_error(
             &shared,
@@ -502,10 +529,8 @@ async fn evaluate(
         })?,
     };
     let value = pipeline
-        .within_limits(None, pipeline.query_document(path, input), |reason| {
-            Err(DocumentError::Policy(PolicyError::Evaluation {
-                message: reason.as_str().to_owned(),
-            }))
+        .within_limits(None, pipeline.query_document(path, input), |_| {
+            Err(DocumentError::Overloaded)
         })
         .await;
     log_query(
@@ -609,7 +634,8 @@ fn log_query(
     pipeline.decision_log.write(&record, &summary, took, took);
 }
 
-/// A URL path after `/v1/data/` as document keys (`a/b` is `data.a.b`).
+/// The raw URL path after `/v1/data/` as document keys (`a/b` is
+/// `data.a.b`; `a%2Fb` is the one key `a/b`, decoded once after splitting).
 fn segments(path: &str) -> Vec<String> {
     path.split('/')
         .filter(|s| !s.is_empty())
@@ -645,7 +671,9 @@ fn opa_error(shared: &Shared, status: StatusCode, code: &str, message: &str) -> 
 /// `POST /ssf/events`: one Security Event Token pushed by the transmitter
 /// (RFC 8935). 202 when its events are applied; 400 with RFC 8935's error
 /// JSON when it does not verify or asks for what this receiver does not
-/// do, and then nothing changes; 404 when no transmitter is configured.
+/// do, and then nothing changes; 503 while the transmitter's keys cannot
+/// be had (it should send the SET again); 404 when no transmitter is
+/// configured.
 async fn ssf_events(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(Caller(peer)): ConnectInfo<Caller>,
@@ -656,7 +684,7 @@ async fn ssf_events(
     };
     let revocations = shared.pipeline.authenticator.revocations();
     let set = String::from_utf8_lossy(&body);
-    match receiver.receive(set.trim()) {
+    match receiver.receive(set.trim()).await {
         Ok(revoked) => {
             tracing::info!(target: "arbiter::ssf", %peer, revoked = ?revoked, "security event applied");
             StatusCode::ACCEPTED.into_response()
@@ -664,8 +692,12 @@ async fn ssf_events(
         Err(e) => {
             revocations.count_refused_event();
             tracing::warn!(target: "arbiter::ssf", %peer, error = %e, "security event refused");
+            let status = match e {
+                crate::identity::ssf::SetError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_REQUEST,
+            };
             (
-                StatusCode::BAD_REQUEST,
+                status,
                 [(header::CONTENT_TYPE, "application/json")],
                 serde_json::json!({"err": e.code(), "description": e.to_string()}).to_string(),
             )

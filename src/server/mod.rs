@@ -73,6 +73,8 @@ pub struct Shared {
     pub authzen_decision: crate::config::DecisionPath,
     /// The receiver of the IdP's Security Event Tokens, when configured.
     pub ssf: Option<crate::identity::ssf::SsfReceiver>,
+    /// The headers forward-auth proxies describe the original request in.
+    pub forward_auth_headers: crate::config::ForwardAuthHeaders,
 }
 
 impl Shared {
@@ -102,6 +104,7 @@ impl Shared {
                 shutting_down: AtomicBool::new(false),
             },
             authzen_decision: config.authzen.decision.clone(),
+            forward_auth_headers: config.http.forward_auth_headers,
         }
     }
 
