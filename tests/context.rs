@@ -11,8 +11,6 @@
 
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use arbiter::identity::test_keys::{TestKey, jwks};
 use common::*;
 use jsonwebtoken::Algorithm;
@@ -185,13 +183,6 @@ async fn the_uri_san_of_a_peer_certificate_is_the_principal() {
     .await;
     assert_eq!(meta["source"]["principal"], serde_json::Value::Null);
     arbiter.running.shutdown().await;
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 struct DeviceSetup {

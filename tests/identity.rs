@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arbiter::identity::test_keys::{TestKey, jwks};
 use common::idp::{Idp, Mode};
@@ -35,13 +35,6 @@ allow := {
 
 allow := {"allowed": false, "http_status": 401, "reason": concat(":", ["policy_saw", input.identity_error])} if input.identity_error
 "#;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn provider_toml(idp: &Idp, extra: &str) -> String {
     format!(

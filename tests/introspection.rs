@@ -32,13 +32,6 @@ allow := {"allowed": true, "headers": {"x-user": input.identity.subject, "x-prov
 }
 "#;
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 /// An authorization server's introspection endpoint: known tokens, HTTP
 /// Basic `arbiter:s3cret`, a call counter, and a switch that makes it fail.
 struct AuthorizationServer {

@@ -25,13 +25,6 @@ default allow := false
 allow if input.identity.subject
 "#;
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn rfc3339(unix: u64) -> String {
     time::OffsetDateTime::from_unix_timestamp(i64::try_from(unix).unwrap())
         .unwrap()

@@ -22,13 +22,6 @@ const SESSION_REVOKED: &str = "https://schemas.openid.net/secevent/caep/event-ty
 const POLICY: &str =
     "package envoy.authz\n\ndefault allow := false\n\nallow if input.identity.subject\n";
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 struct Setup {
     arbiter: TestArbiter,
     users: Idp,

@@ -54,18 +54,14 @@ impl ParseOptions {
 
 /// 127.0.0.0/8 and ::1, trusted as forward-auth callers by default.
 pub const LOOPBACK: [IpNet; 2] = [
-    IpNet::V4(
-        match ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(127, 0, 0, 0), 8) {
-            Ok(net) => net,
-            Err(_) => unreachable!(),
-        },
-    ),
-    IpNet::V6(
-        match ipnet::Ipv6Net::new(std::net::Ipv6Addr::LOCALHOST, 128) {
-            Ok(net) => net,
-            Err(_) => unreachable!(),
-        },
-    ),
+    IpNet::V4(ipnet::Ipv4Net::new_assert(
+        std::net::Ipv4Addr::new(127, 0, 0, 0),
+        8,
+    )),
+    IpNet::V6(ipnet::Ipv6Net::new_assert(
+        std::net::Ipv6Addr::LOCALHOST,
+        128,
+    )),
 ];
 
 /// One CheckRequest, parsed once at the edge.

@@ -324,7 +324,9 @@ impl Authenticator {
             let Some(raw) = extract(ctx, &provider.config.from) else {
                 continue;
             };
-            if !token::looks_like_jwt(raw)
+            // Only with introspection configured does a token's shape matter.
+            if !self.introspectors.is_empty()
+                && !token::looks_like_jwt(raw)
                 && let Some(introspector) = self
                     .introspectors
                     .iter()

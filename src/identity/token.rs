@@ -317,14 +317,7 @@ pub fn verify_with_keys(
             return Err(TokenError::LifetimeTooLong);
         }
     }
-    let audience = match claims.get("aud") {
-        Some(serde_json::Value::String(a)) => vec![a.clone()],
-        Some(serde_json::Value::Array(items)) => items
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
-        _ => Vec::new(),
-    };
+    let audience = audience(&claims);
     let mut verified = VerifiedToken {
         provider: provider.name.clone(),
         issuer: provider.issuer.clone(),
@@ -364,14 +357,7 @@ pub fn from_introspection(
     if expires_at.is_some_and(|exp| exp <= now) {
         return Err(TokenError::Inactive);
     }
-    let audience: Vec<String> = match answer.get("aud") {
-        Some(serde_json::Value::String(a)) => vec![a.clone()],
-        Some(serde_json::Value::Array(items)) => items
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
-        _ => Vec::new(),
-    };
+    let audience = audience(&answer);
     if !audiences.is_empty() && !audience.iter().any(|a| audiences.contains(a)) {
         return Err(TokenError::WrongAudience);
     }
@@ -398,6 +384,18 @@ pub fn from_introspection(
     };
     verified.build_document(answer);
     Ok(verified)
+}
+
+/// `aud`, a string or a list of strings.
+fn audience(claims: &serde_json::Map<String, serde_json::Value>) -> Vec<String> {
+    match claims.get("aud") {
+        Some(serde_json::Value::String(a)) => vec![a.clone()],
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn as_seconds(value: &serde_json::Value) -> Option<u64> {

@@ -171,14 +171,14 @@ impl Pipeline {
     /// Decides one CheckRequest and, when `keep_input` is set, also returns
     /// the input document the policy saw (for `arbiter test` and `eval`).
     pub async fn decide(&self, request: CheckRequest, keep_input: bool) -> Checked {
-        self.decide_parsed_with(request, keep_input, Arc::clone(&self.parse_options))
+        self.decide_parsed_with(request, keep_input, &self.parse_options)
             .await
     }
 
     /// As [`Pipeline::decide`], for a request a trusted proxy forwarded
     /// (forward-auth): its `X-Forwarded-For` is walked with loopback trusted.
     pub async fn decide_forwarded(&self, request: CheckRequest) -> Checked {
-        self.decide_parsed_with(request, false, Arc::clone(&self.forwarded_options))
+        self.decide_parsed_with(request, false, &self.forwarded_options)
             .await
     }
 
@@ -186,7 +186,7 @@ impl Pipeline {
         &self,
         request: CheckRequest,
         keep_input: bool,
-        options: Arc<ParseOptions>,
+        options: &Arc<ParseOptions>,
     ) -> Checked {
         let started = Instant::now();
         // Taken once: the request finishes on this set even if a reload swaps another in.
@@ -315,7 +315,7 @@ impl Pipeline {
     async fn parse(
         &self,
         request: CheckRequest,
-        options: Arc<ParseOptions>,
+        options: &Arc<ParseOptions>,
     ) -> Result<RequestContext, lane::LaneFull> {
         let body = request
             .attributes
@@ -324,8 +324,10 @@ impl Pipeline {
             .and_then(|r| r.http.as_ref())
             .map_or(0, |h| h.body.len() + h.raw_body.len());
         if body < self.lane_body_bytes {
-            return Ok(RequestContext::from_check(request, &options));
+            return Ok(RequestContext::from_check(request, options));
         }
+        // Only a large body moves to the lane and takes the options along.
+        let options = Arc::clone(options);
         self.lane
             .run(move || RequestContext::from_check(request, &options))
             .await

@@ -229,6 +229,14 @@ pub fn header_values<'a>(headers: &'a [HeaderValueOption], name: &str) -> Vec<&'
         .collect()
 }
 
+/// Seconds since the Unix epoch, for token claims.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 /// A compact CheckRequest in the protobuf JSON mapping.
 pub fn http_request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> String {
     let mut header_map = serde_json::Map::new();
