@@ -332,7 +332,7 @@ impl Authenticator {
                     .iter()
                     .find(|i| i.config.from == provider.config.from)
             {
-                return self.introspected(introspector, raw).await;
+                return Box::pin(self.introspected(introspector, raw)).await;
             }
             return self
                 .verify(&self.providers, raw, &provider.config.from)
@@ -344,7 +344,7 @@ impl Authenticator {
             }
             tried.push(&introspector.config.from);
             if let Some(raw) = extract(ctx, &introspector.config.from) {
-                return self.introspected(introspector, raw).await;
+                return Box::pin(self.introspected(introspector, raw)).await;
             }
         }
         Authentication::Anonymous
@@ -489,10 +489,10 @@ impl Authenticator {
         };
         let mut result = verify_with_keys(raw, &unverified, &provider.config, &keys, now);
         if matches!(result, Err(TokenError::UnknownKid)) {
-            if let Some(fresh) = provider
-                .keys
-                .refresh_for_unknown_kid(Some(keys.generation))
-                .await
+            // Boxed: a key fetch is rare, and its future would otherwise
+            // size every decision's state.
+            if let Some(fresh) =
+                Box::pin(provider.keys.refresh_for_unknown_kid(Some(keys.generation))).await
             {
                 result = verify_with_keys(raw, &unverified, &provider.config, &fresh, token::now());
             }

@@ -191,7 +191,13 @@ impl Pipeline {
         let started = Instant::now();
         // Taken once: the request finishes on this set even if a reload swaps another in.
         let policies = self.policies.load_full();
-        let ctx = match self.parse(request, options).await {
+        let parsed = if body_len(&request) < self.lane_body_bytes {
+            Ok(RequestContext::from_check(request, options))
+        } else {
+            // Boxed: only a large body takes this path.
+            Box::pin(self.parse_in_lane(request, options)).await
+        };
+        let ctx = match parsed {
             Ok(ctx) => ctx,
             Err(lane::LaneFull) => {
                 let decision = self.undecided(decision::DenyReason::Overloaded);
@@ -310,23 +316,12 @@ impl Pipeline {
         }
     }
 
-    /// The request, parsed: on the async worker, or in the slow lane when
-    /// its body is large.
-    async fn parse(
+    /// The request parsed in the slow lane, for a large body.
+    async fn parse_in_lane(
         &self,
         request: CheckRequest,
         options: &Arc<ParseOptions>,
     ) -> Result<RequestContext, lane::LaneFull> {
-        let body = request
-            .attributes
-            .as_ref()
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref())
-            .map_or(0, |h| h.body.len() + h.raw_body.len());
-        if body < self.lane_body_bytes {
-            return Ok(RequestContext::from_check(request, options));
-        }
-        // Only a large body moves to the lane and takes the options along.
         let options = Arc::clone(options);
         self.lane
             .run(move || RequestContext::from_check(request, &options))
@@ -440,11 +435,25 @@ impl Pipeline {
         request: CheckRequest,
         caller_deadline: Option<Duration>,
     ) -> CheckResponse {
-        self.within_limits(caller_deadline, self.check(request), |reason| {
+        // Boxed once here: moving the decision's large state machine
+        // through the limit and timeout wrappers cost more than the
+        // allocation.
+        self.within_limits(caller_deadline, Box::pin(self.check(request)), |reason| {
             self.undecided(reason).response
         })
         .await
     }
+}
+
+/// The size of a request's body, raw or as text: large ones are parsed in
+/// the slow lane.
+fn body_len(request: &CheckRequest) -> usize {
+    request
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+        .map_or(0, |h| h.body.len() + h.raw_body.len())
 }
 
 /// Why a document could not be given.
