@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The soak (tests/soak.rs): Envoy and the arbiter binary under steady load
+# The soak (tests/it/soak.rs): Envoy and the arbiter binary under steady load
 # while the IdP rotates keys and the policy reloads, reporting errors, wrong
 # decisions, latency percentiles and resident memory over time.
 #
@@ -13,4 +13,4 @@ cd "$(dirname "$0")/.."
 bash scripts/install-envoy.sh > /dev/null
 unset RUST_BACKTRACE
 SOAK_SECONDS="${1:-600}" SOAK_RATE="${2:-400}" \
-    cargo test --release --locked --test soak -- --ignored --nocapture --test-threads 1
+    cargo test --release --locked --test it soak:: -- --ignored --nocapture --test-threads 1

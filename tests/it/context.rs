@@ -9,10 +9,8 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
+use crate::common::*;
 use arbiter::identity::test_keys::{TestKey, jwks};
-use common::*;
 use jsonwebtoken::Algorithm;
 use serde_json::json;
 

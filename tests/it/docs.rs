@@ -1,24 +1,25 @@
-//! SECURITY.md backs each claim with tests, named `file::test` (a file in
-//! `tests/`) or `module::tests::test` (a unit test in `src/`). A cited test
+//! SECURITY.md backs each claim with tests, named `area::test` (a module
+//! of the integration tests, `tests/it/<area>.rs`) or `module::tests::test` (a unit test in `src/`). A cited test
 //! that no longer exists makes the claim unbacked, so each must be found.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn rust_files(dir: &Path, out: &mut Vec<String>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(std::fs::read_to_string(&path).unwrap());
-        }
-    }
+/// The source file of a unit test's module: `policy::net::tests::x` is in
+/// `src/policy/net.rs` (or `src/policy/net/mod.rs`).
+fn unit_test_file(name: &str) -> Option<PathBuf> {
+    let module: Vec<&str> = name.split("::").take_while(|s| *s != "tests").collect();
+    let dir = module
+        .iter()
+        .fold(root().join("src"), |path, segment| path.join(segment));
+    [dir.with_extension("rs"), dir.join("mod.rs")]
+        .into_iter()
+        .find(|file| file.exists())
 }
 
 /// Every `a::b` in backticks in the test column of SECURITY.md's tables.
@@ -46,31 +47,28 @@ fn cited_tests(security: &str) -> Vec<String> {
 #[test]
 fn every_test_security_md_cites_exists() {
     let security = std::fs::read_to_string(root().join("SECURITY.md")).unwrap();
-    let mut sources = Vec::new();
-    rust_files(&root().join("src"), &mut sources);
     let cited = cited_tests(&security);
     assert!(cited.len() > 50, "too few citations found: {cited:?}");
     let mut missing = Vec::new();
     for name in &cited {
         let first = name.split("::").next().unwrap_or_default();
         let last = name.rsplit("::").next().unwrap_or_default();
-        if last == "*" || last == "tests" {
-            // A whole file or module of tests: it must exist.
-            let file = root().join("tests").join(format!("{first}.rs"));
-            let module = sources.iter().any(|s| s.contains("mod tests"));
-            if !file.exists() && !module {
-                missing.push(name.clone());
-            }
+        // `module::tests::name` is a unit test in that module's file under
+        // src/; `area::name` is in the integration tests' tests/it/<area>.rs.
+        let file = if name.split("::").any(|s| s == "tests") {
+            unit_test_file(name)
+        } else {
+            Some(root().join("tests/it").join(format!("{first}.rs")))
+        };
+        let Some(text) = file.and_then(|f| std::fs::read_to_string(f).ok()) else {
+            missing.push(name.clone());
             continue;
-        }
-        let needle = format!("fn {last}(");
-        let integration = root().join("tests").join(format!("{first}.rs"));
-        // `module::tests::name` is a unit test in src/, whatever the module
-        // shares its name with; `file::name` is in tests/<file>.rs.
-        let unit = name.split("::").any(|s| s == "tests");
-        let found = match std::fs::read_to_string(&integration) {
-            Ok(text) if !unit => text.contains(&needle),
-            _ => sources.iter().any(|s| s.contains(&needle)),
+        };
+        let found = match last {
+            // A whole file or module of tests.
+            "*" => true,
+            "tests" => text.contains("mod tests"),
+            _ => text.contains(&format!("fn {last}(")),
         };
         if !found {
             missing.push(name.clone());

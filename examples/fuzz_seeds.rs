@@ -3,7 +3,7 @@
 //! configs, bodies and tokens of the kinds the tests use. Run it after
 //! changing those and commit the result:
 //!
-//! `cargo test --test fuzz_seeds -- --ignored`
+//! `cargo run --example fuzz_seeds` (from the repository's root)
 
 #![allow(
     clippy::unwrap_used,
@@ -46,9 +46,9 @@ fn name_of(path: &Path) -> String {
     path.to_string_lossy().replace(['/', '.'], "_")
 }
 
-#[test]
-#[ignore = "writes fuzz/seeds; run by hand"]
-fn write_seed_corpus() {
+fn main() {
+    // The seeds and the fixtures they come from are paths in the repository.
+    std::env::set_current_dir(env!("CARGO_MANIFEST_DIR")).unwrap();
     let _ = std::fs::remove_dir_all("fuzz/seeds");
     let mut requests = files_with("policies/examples", "json");
     requests.push("benches/load/request.json".into());

@@ -10,12 +10,10 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::sync::atomic::Ordering;
 
-use common::envoy::{Echo, Envoy, Upstream, envoy_binary};
-use common::{TestArbiter, metric};
+use crate::common::envoy::{Echo, Envoy, Upstream, envoy_binary};
+use crate::common::{TestArbiter, metric};
 
 /// Allows alice (by a header the proxy forwards) with headers for the
 /// upstream, denies everyone else with a 401 and a reason, fails on
@@ -458,7 +456,7 @@ async fn opa_data_api_answers_as_opa_does() {
 /// policy's header (the client's own replaced), the denied one gets the
 /// policy's status and reason and never reaches it.
 async fn forward_auth_through(proxy: &str) {
-    use common::proxies::{Proxy, proxy_binary};
+    use crate::common::proxies::{Proxy, proxy_binary};
     let Some(binary) = proxy_binary(proxy) else {
         return;
     };

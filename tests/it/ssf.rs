@@ -9,11 +9,9 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
+use crate::common::idp::Idp;
+use crate::common::*;
 use arbiter::identity::test_keys::{TestKey, jwks};
-use common::idp::Idp;
-use common::*;
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 

@@ -11,12 +11,10 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::sync::atomic::Ordering;
 
-use common::TestArbiter;
-use common::envoy::{Echo, Envoy, Upstream, envoy_binary};
+use crate::common::TestArbiter;
+use crate::common::envoy::{Echo, Envoy, Upstream, envoy_binary};
 
 const POLICY: &str = r#"
 package envoy.authz

@@ -8,13 +8,11 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::idp::{Idp, Mode};
+use crate::common::*;
 use arbiter::identity::test_keys::{TestKey, jwks};
-use common::idp::{Idp, Mode};
-use common::*;
 use jsonwebtoken::{Algorithm, Header};
 use serde_json::json;
 

@@ -1,7 +1,7 @@
 //! The bytecode VM against the interpreter: every policy that runs on the
 //! VM must decide exactly as the interpreter does. Compared here on every
 //! fixture of the policy library, on the zero-trust decision of the load
-//! tests, on the OPA-compatibility policies in `tests/opa/`, and on
+//! tests, on the OPA-compatibility policies in `tests/it/opa/`, and on
 //! property-generated requests (methods, paths, queries, headers, claims,
 //! device posture, source addresses, principals) through each of them.
 
@@ -12,7 +12,7 @@
     clippy::indexing_slicing
 )]
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 
@@ -175,8 +175,8 @@ async fn the_policy_library_decides_every_fixture_the_same_on_both_engines() {
     );
 }
 
-/// The OPA Envoy plugin's documented policies (tests/opa/), with the
-/// requests `tests/opa_compat.rs` sends them, where they run on the VM.
+/// The OPA Envoy plugin's documented policies (tests/it/opa/), with the
+/// requests `tests/it/opa_compat.rs` sends them, where they run on the VM.
 #[test]
 fn the_opa_compatibility_policies_decide_the_same_on_both_engines() {
     let v0 = PolicyConfig {

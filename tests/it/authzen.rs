@@ -10,8 +10,6 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::path::PathBuf;
 
 use arbiter::identity::test_keys::{TestKey, jwks};

@@ -9,16 +9,14 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::{Binary, http_request};
 use arbiter::identity::test_keys::{TestKey, jwks};
 use arbiter::proto::auth::CheckRequest;
 use arbiter::proto::auth::authorization_client::AuthorizationClient;
-use common::{Binary, http_request};
 use jsonwebtoken::Algorithm;
 
 const POLICY: &str = "package envoy.authz\ndefault allow := {\"allowed\": false, \"reason\": \"not_ok\"}\nallow := true if input.parsed_path[0] == \"ok\"\n";

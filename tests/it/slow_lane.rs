@@ -14,14 +14,12 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use arbiter::proto::auth::CheckRequest;
 use arbiter::proto::auth::authorization_client::AuthorizationClient;
-use common::*;
 
 const POLICY: &str = r#"
 package envoy.authz

@@ -8,15 +8,15 @@
     clippy::indexing_slicing
 )]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
+use crate::common::idp::{Idp, Mode};
+use crate::common::{Binary, denied_response, header_values, http_request, is_allowed};
 use arbiter::identity::test_keys::{TestKey, jwks};
 use arbiter::proto::auth::CheckRequest;
 use arbiter::proto::auth::authorization_client::AuthorizationClient;
-use common::idp::{Idp, Mode};
-use common::{Binary, denied_response, header_values, http_request, is_allowed};
 use jsonwebtoken::Algorithm;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

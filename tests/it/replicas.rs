@@ -14,15 +14,15 @@
     clippy::indexing_slicing
 )]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::envoy::{Envoy, Upstream, envoy_binary};
-use common::{Binary, test_config_toml};
+use crate::common::envoy::{Envoy, Upstream, envoy_binary};
+use crate::common::{Binary, test_config_toml};
 
 const POLICY: &str = r#"
 package envoy.authz

@@ -9,14 +9,14 @@
     clippy::indexing_slicing
 )]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
+use crate::common::idp::{Idp, Mode};
+use crate::common::*;
 use arbiter::identity::test_keys::{TestKey, jwks};
 use arbiter::proto::auth::CheckRequest;
-use common::idp::{Idp, Mode};
-use common::*;
 use jsonwebtoken::Algorithm;
 
 const POLICY: &str = "package envoy.authz\nallow := true\n";

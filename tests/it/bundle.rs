@@ -9,19 +9,17 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::common::*;
 use arbiter::policy::bundle::Bundle;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use common::*;
 use sha2::Digest;
 
 /// A `.tar.gz` with the given files, named with a leading `/` as `opa build` writes them.

@@ -8,11 +8,9 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
+use crate::common::*;
 use arbiter::proto::auth::CheckRequest;
 use arbiter::proto::auth::authorization_client::AuthorizationClient;
-use common::*;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 

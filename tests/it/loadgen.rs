@@ -8,11 +8,9 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn load(args: &[&str]) -> serde_json::Value {
     let output = Command::new(env!("CARGO_BIN_EXE_arbiter-load"))

@@ -20,16 +20,14 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::envoy::{Envoy, Upstream, envoy_binary, resident_kib};
+use crate::common::idp::Idp;
+use crate::common::{Binary, test_config_toml};
 use arbiter::identity::test_keys::{TestKey, jwks};
-use common::envoy::{Envoy, Upstream, envoy_binary, resident_kib};
-use common::idp::Idp;
-use common::{Binary, test_config_toml};
 use hdrhistogram::Histogram;
 use jsonwebtoken::Algorithm;
 

@@ -9,9 +9,7 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// The documented shape of an Envoy request as OPA sees it (Basic auth for alice).
 fn documented_request(method: &str, path: &str, authorization: &str) -> String {

@@ -14,16 +14,14 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::common::idp::{Idp, Mode};
+use crate::common::*;
 use arbiter::identity::test_keys::{TestKey, jwks};
 use arbiter::proto::auth::CheckRequest;
-use common::idp::{Idp, Mode};
-use common::*;
 use jsonwebtoken::Algorithm;
 
 /// What a request carries, and so what the policy must decide.
