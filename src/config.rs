@@ -69,20 +69,9 @@ fn deserialize_nets<'de, D: serde::Deserializer<'de>>(
     let raw = Vec::<String>::deserialize(deserializer)?;
     raw.iter()
         .map(|s| {
-            s.parse::<ipnet::IpNet>()
-                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .map(|net| match net {
-                    ipnet::IpNet::V6(v6) => match v6.addr().to_ipv4_mapped() {
-                        Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len().saturating_sub(96))
-                            .map(ipnet::IpNet::V4)
-                            .unwrap_or(ipnet::IpNet::V6(v6)),
-                        None => ipnet::IpNet::V6(v6),
-                    },
-                    v4 => v4,
-                })
-                .map_err(|_| {
-                    serde::de::Error::custom(format!("{s:?} is not an IP address or CIDR"))
-                })
+            crate::address::parse_address_or_network(s).ok_or_else(|| {
+                serde::de::Error::custom(format!("{s:?} is not an IP address or CIDR"))
+            })
         })
         .collect()
 }
@@ -1364,6 +1353,19 @@ mod tests {
             .map(ToString::to_string)
             .collect();
         assert_eq!(nets, vec!["10.0.0.0/8", "192.168.1.1/32", "fd00::/8"]);
+        // IPv4-mapped networks as Go reads them: at prefix 96 or more the
+        // IPv4 network; below it an IPv6 network, never all of IPv4.
+        let config = parse(
+            "[context]\ntrusted_proxies = [\"::ffff:10.0.0.0/104\", \"::ffff:10.0.0.0/80\", \"::ffff:10.0.0.9\"]\n",
+        )
+        .unwrap();
+        let nets: Vec<String> = config
+            .context
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, vec!["10.0.0.0/8", "::/80", "10.0.0.9/32"]);
         let err = parse("[context]\ntrusted_proxies = [\"10.0.0.0/33\"]\n")
             .unwrap_err()
             .to_string();

@@ -3,9 +3,11 @@
 //! Data flows one way: request -> [`context`] -> [`identity`] -> [`input`]
 //! -> [`policy`] -> [`decision`] -> response, run by [`pipeline`] for every
 //! front door; [`server`] wires the listeners to it, and [`config`],
-//! [`telemetry`] and [`admin`] stand at the side.
+//! [`telemetry`] and [`admin`] stand at the side, and [`address`] reads
+//! addresses and networks for all of them.
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod admin;
 pub mod config;
 pub mod context;

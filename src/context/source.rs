@@ -20,13 +20,7 @@ pub struct Source {
     pub trusted_hops: usize,
 }
 
-/// IPv4-mapped IPv6 (`::ffff:10.0.0.1`) is the IPv4 address it maps.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
-}
+use crate::address::canonical;
 
 /// Parses one `X-Forwarded-For` entry: a bare address, or one with a port
 /// (`1.2.3.4:80`, `[::1]:80`), or a bracketed IPv6 address.

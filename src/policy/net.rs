@@ -12,41 +12,18 @@
 use std::collections::BTreeSet;
 
 use anyhow::{anyhow, bail};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use regorus::Value;
 
-use crate::context::source::canonical;
+use crate::address;
 
-/// A CIDR, or a bare address as a single-host network (an address is tried
-/// first, as OPA's `net.ParseIP` before `net.ParseCIDR`).
+/// A CIDR, or a bare address as a single-host network.
 fn parse_net(s: &str) -> anyhow::Result<IpNet> {
-    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
-        return Ok(IpNet::from(canonical(ip)));
-    }
-    s.parse::<IpNet>()
-        .map(as_go_reads_it)
-        .map_err(|_| anyhow!("{s:?} is not a CIDR or IP address"))
+    address::parse_address_or_network(s).ok_or_else(|| anyhow!("{s:?} is not a CIDR or IP address"))
 }
 
 fn parse_cidr(s: &str) -> anyhow::Result<IpNet> {
-    s.parse::<IpNet>()
-        .map(as_go_reads_it)
-        .map_err(|_| anyhow!("{s:?} is not a CIDR"))
-}
-
-/// The network Go's `IPNet.Contains` tests against: an IPv6 network whose
-/// masked address is IPv4-mapped (only possible at prefix 96 or more) is
-/// that IPv4 network. Networks of different families contain nothing of
-/// each other.
-fn as_go_reads_it(net: IpNet) -> IpNet {
-    let IpNet::V6(v6) = net else {
-        return net;
-    };
-    let mapped = v6.network().to_ipv4_mapped();
-    match (mapped, v6.prefix_len().checked_sub(96)) {
-        (Some(v4), Some(prefix)) => Ipv4Net::new(v4, prefix).map_or(net, IpNet::V4),
-        _ => IpNet::V6(v6.trunc()),
-    }
+    address::parse_network(s).ok_or_else(|| anyhow!("{s:?} is not a CIDR"))
 }
 
 /// `net.cidr_contains(cidr, cidr_or_ip)`: whether the second operand (an

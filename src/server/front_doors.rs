@@ -165,7 +165,7 @@ async fn forward_auth(
     headers: HeaderMap,
 ) -> Response {
     let pipeline = &shared.pipeline;
-    let caller = crate::context::source::canonical(peer.ip());
+    let caller = crate::address::canonical(peer.ip());
     let trusted = pipeline
         .forwarders()
         .iter()
