@@ -462,6 +462,31 @@ mod tests {
         RequestContext::from_check(request(headers, body), &ParseOptions::default()).body
     }
 
+    /// With Envoy's `encode_raw_headers` a value is bytes: one that is not
+    /// UTF-8 reads as absent (a token or device id is never a prefix of it).
+    #[test]
+    fn a_raw_header_value_that_is_not_utf8_reads_as_absent() {
+        let mut check = request(&[], "");
+        let raw = |key: &str, value: &[u8]| crate::proto::core::HeaderValue {
+            key: key.into(),
+            value: String::new(),
+            raw_value: value.to_vec(),
+        };
+        if let Some(http) = check
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+        {
+            http.header_map = Some(crate::proto::core::HeaderMap {
+                headers: vec![raw("x-user", b"alice\xff"), raw("X-Device-Id", b"dev-1")],
+            });
+        }
+        let ctx = RequestContext::from_check(check, &ParseOptions::default());
+        assert_eq!(ctx.header("x-user"), None);
+        assert_eq!(ctx.header("x-device-id"), Some("dev-1"));
+    }
+
     #[test]
     fn path_is_split_like_opa() {
         assert_eq!(segments("/"), vec![""]);
