@@ -63,10 +63,7 @@ async fn readyz(State(operations): State<Arc<dyn Operations>>) -> impl IntoRespo
 
 async fn metrics(State(operations): State<Arc<dyn Operations>>) -> impl IntoResponse {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         operations.metrics_text(),
     )
 }

@@ -3,8 +3,8 @@
 //! Data flows one way: request -> [`context`] -> [`identity`] -> [`input`]
 //! -> [`policy`] -> [`decision`] -> response, run by [`pipeline`] for every
 //! front door; [`server`] wires the listeners to it, and [`config`],
-//! [`telemetry`] and [`admin`] stand at the side, and [`address`] reads
-//! addresses and networks for all of them.
+//! [`telemetry`] and [`admin`] stand at the side; [`address`] reads
+//! addresses and networks, and [`metrics`] encodes metrics, for all of them.
 #![forbid(unsafe_code)]
 
 pub mod address;
@@ -15,6 +15,7 @@ pub mod decision;
 pub mod fixtures;
 pub mod identity;
 pub mod input;
+pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod proto;

@@ -1,11 +1,14 @@
 //! Logs and metrics: the `tracing` subscriber, the decision log line, and
-//! counters and histograms rendered in Prometheus' text format.
+//! the counters and histograms of a decision, encoded through
+//! `prometheus-client` by each component that owns them (see [`encode`]).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use crate::metrics::{DescriptorEncoder, Histogram, counter, counters, gauge};
 
 use crate::config::{LogConfig, LogFormat};
 use crate::decision::DecisionRecord;
@@ -402,54 +405,6 @@ pub struct RequestSummary<'a> {
     pub device_id: &'a str,
 }
 
-/// Upper bounds of the latency buckets, in microseconds.
-const LATENCY_BUCKETS_US: [u64; 14] = [
-    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
-];
-
-/// A fixed-bucket latency histogram.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
-    count: AtomicU64,
-    sum_us: AtomicU64,
-}
-
-impl Histogram {
-    pub fn observe(&self, elapsed: Duration) {
-        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        if let Some(i) = LATENCY_BUCKETS_US.iter().position(|bound| us <= *bound)
-            && let Some(bucket) = self.buckets.get(i)
-        {
-            bucket.fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
-    }
-
-    pub fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, bucket) in LATENCY_BUCKETS_US.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{}\"}} {cumulative}",
-                *bound as f64 / 1e6
-            );
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count {count}");
-    }
-}
-
 /// Distinct deny reasons kept as labels; past this, new ones count as `other`.
 const MAX_REASON_LABELS: usize = 256;
 
@@ -582,256 +537,110 @@ impl Metrics {
         }
     }
 
-    /// The metrics in Prometheus' text exposition format.
-    pub fn render(&self, revision: &str, ready: bool) -> String {
-        let mut out = String::new();
-        out.push_str("# HELP arbiter_decisions_total Decisions made, by result and deny reason.\n");
-        out.push_str("# TYPE arbiter_decisions_total counter\n");
+    /// The decisions' metrics: counts by result and reason, latencies,
+    /// engine fallbacks, calls in flight, refusals and HTTP front doors.
+    ///
+    /// # Errors
+    /// Writing to the encoder failed.
+    pub fn encode(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
         let allowed = self.allowed.load(Ordering::Relaxed);
+        let mut by_reason: Vec<([(&str, &str); 2], u64)> = Vec::new();
         if allowed > 0 {
-            let _ = writeln!(
-                out,
-                "arbiter_decisions_total{{result=\"allow\",reason=\"\"}} {allowed}"
-            );
+            by_reason.push(([("result", "allow"), ("reason", "")], allowed));
         }
-        if let Ok(decisions) = self.decisions.lock() {
-            let by_result = ["deny", "allow"].iter().zip(decisions.iter());
-            for (result, reason, count) in by_result
-                .flat_map(|(result, counts)| counts.iter().map(move |(r, c)| (result, r, c)))
-            {
-                let _ = writeln!(
-                    out,
-                    "arbiter_decisions_total{{result=\"{result}\",reason=\"{}\"}} {count}",
-                    escape_label(reason)
-                );
+        let decisions = self.decisions.lock().ok();
+        if let Some(decisions) = &decisions {
+            for (result, counts) in ["deny", "allow"].into_iter().zip(decisions.iter()) {
+                for (reason, count) in counts {
+                    by_reason.push(([("result", result), ("reason", reason.as_str())], *count));
+                }
             }
         }
-        self.decision_latency.render(
-            &mut out,
+        counters(
+            encoder,
+            "arbiter_decisions_total",
+            "Decisions made, by result and deny reason.",
+            &by_reason,
+        )?;
+        drop(decisions);
+        self.decision_latency.encode(
+            encoder,
             "arbiter_decision_duration_seconds",
             "Time from receiving a CheckRequest to answering it.",
-        );
-        self.eval_latency.render(
-            &mut out,
+        )?;
+        self.eval_latency.encode(
+            encoder,
             "arbiter_policy_eval_duration_seconds",
             "Time spent evaluating the decision rule.",
-        );
-        let _ = writeln!(
-            out,
-            "# HELP arbiter_rvm_fallbacks_total Decisions the bytecode VM failed, made by the interpreter instead.\n\
-             # TYPE arbiter_rvm_fallbacks_total counter\n\
-             arbiter_rvm_fallbacks_total {}\n\
-             # HELP arbiter_rvm_mismatches_total Checked decisions where the bytecode VM and the interpreter disagreed (the set then runs on the interpreter).\n\
-             # TYPE arbiter_rvm_mismatches_total counter\n\
-             arbiter_rvm_mismatches_total {}",
+        )?;
+        counter(
+            encoder,
+            "arbiter_rvm_fallbacks_total",
+            "Decisions the bytecode VM failed, made by the interpreter instead.",
             self.rvm_fallbacks.load(Ordering::Relaxed),
-            self.rvm_mismatches.load(Ordering::Relaxed)
-        );
-        out.push_str(
-            "# HELP arbiter_decisions_in_flight Check calls received and not yet answered.\n",
-        );
-        out.push_str("# TYPE arbiter_decisions_in_flight gauge\n");
-        let _ = writeln!(
-            out,
-            "arbiter_decisions_in_flight {}",
-            self.in_flight.load(Ordering::Relaxed)
-        );
-        out.push_str(
-            "# HELP arbiter_grpc_refusals_total Calls answered with a gRPC error instead of a decision (Envoy denies them), by status code.\n",
-        );
-        out.push_str("# TYPE arbiter_grpc_refusals_total counter\n");
-        for (code, count) in self.refusals.iter().enumerate() {
-            let count = count.load(Ordering::Relaxed);
-            if count > 0 {
-                let _ = writeln!(
-                    out,
-                    "arbiter_grpc_refusals_total{{code=\"{:?}\"}} {count}",
-                    tonic::Code::from(i32::try_from(code).unwrap_or_default())
-                );
-            }
-        }
-        out.push_str(
-            "# HELP arbiter_http_requests_total Requests answered by the HTTP front doors, by door and status class.\n",
-        );
-        out.push_str("# TYPE arbiter_http_requests_total counter\n");
+        )?;
+        counter(
+            encoder,
+            "arbiter_rvm_mismatches_total",
+            "Checked decisions where the bytecode VM and the interpreter disagreed (the set then runs on the interpreter).",
+            self.rvm_mismatches.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            encoder,
+            "arbiter_decisions_in_flight",
+            "Check calls received and not yet answered.",
+            self.in_flight.load(Ordering::Relaxed),
+        )?;
+        let refusals: Vec<([(&str, String); 1], u64)> = self
+            .refusals
+            .iter()
+            .enumerate()
+            .map(|(code, count)| (code, count.load(Ordering::Relaxed)))
+            .filter(|(_, count)| *count > 0)
+            .map(|(code, count)| {
+                let code = tonic::Code::from(i32::try_from(code).unwrap_or_default());
+                ([("code", format!("{code:?}"))], count)
+            })
+            .collect();
+        counters(
+            encoder,
+            "arbiter_grpc_refusals_total",
+            "Calls answered with a gRPC error instead of a decision (Envoy denies them), by status code.",
+            &refusals,
+        )?;
+        let mut http = Vec::new();
         for door in FrontDoor::ALL {
-            for (class, label) in ["2xx", "4xx", "5xx"].iter().enumerate() {
+            for (class, label) in ["2xx", "4xx", "5xx"].into_iter().enumerate() {
                 let count = self
                     .http_requests
                     .get(door as usize)
                     .and_then(|by_class| by_class.get(class))
                     .map_or(0, |c| c.load(Ordering::Relaxed));
-                let _ = writeln!(
-                    out,
-                    "arbiter_http_requests_total{{door=\"{}\",status=\"{label}\"}} {count}",
-                    door.label()
-                );
+                http.push(([("door", door.label()), ("status", label)], count));
             }
         }
-        out.push_str("# HELP arbiter_policy_revision The loaded policy revision.\n");
-        out.push_str("# TYPE arbiter_policy_revision gauge\n");
-        let _ = writeln!(
-            out,
-            "arbiter_policy_revision{{revision=\"{}\"}} 1",
-            escape_label(revision)
-        );
-        out.push_str("# HELP arbiter_ready Whether Arbiter is ready to decide.\n");
-        out.push_str("# TYPE arbiter_ready gauge\n");
-        let _ = writeln!(out, "arbiter_ready {}", u8::from(ready));
-        out
+        counters(
+            encoder,
+            "arbiter_http_requests_total",
+            "Requests answered by the HTTP front doors, by door and status class.",
+            &http,
+        )
     }
 }
 
-/// Decision lines dropped because the writer could not keep up.
-pub fn render_decision_log(out: &mut String, log: &DecisionLog) {
-    let _ = writeln!(
-        out,
-        "# HELP arbiter_decision_log_dropped_total Decision lines dropped because the log writer could not keep up (decisions never wait for it).\n\
-         # TYPE arbiter_decision_log_dropped_total counter\n\
-         arbiter_decision_log_dropped_total {}",
-        log.dropped()
-    );
-}
-
-/// The engine the current policy set runs on.
-pub fn render_engine(out: &mut String, status: &crate::policy::EngineStatus) {
-    let _ = writeln!(
-        out,
-        "# HELP arbiter_policy_engine The engine that evaluates the current policy set's decision.\n\
-         # TYPE arbiter_policy_engine gauge\n\
-         arbiter_policy_engine{{engine=\"{}\"}} 1",
-        status.engine
-    );
-}
-
-/// JWKS fetches, failures and key age per provider, and the token cache size.
-pub fn render_identity(out: &mut String, authenticator: &crate::identity::Authenticator) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let revocations = authenticator.revocations();
-    let _ = writeln!(
-        out,
-        "# HELP arbiter_introspection_calls_total Calls to token introspection endpoints, by provider.\n# TYPE arbiter_introspection_calls_total counter"
-    );
-    for introspector in authenticator.introspectors() {
-        let _ = writeln!(
-            out,
-            "arbiter_introspection_calls_total{{provider=\"{}\"}} {}",
-            escape_label(&introspector.config.name),
-            introspector.calls()
-        );
+impl DecisionLog {
+    /// Decision lines dropped because the writer could not keep up.
+    ///
+    /// # Errors
+    /// Writing to the encoder failed.
+    pub fn encode_metrics(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        counter(
+            encoder,
+            "arbiter_decision_log_dropped_total",
+            "Decision lines dropped because the log writer could not keep up (decisions never wait for it).",
+            self.dropped(),
+        )
     }
-    let _ = writeln!(
-        out,
-        "# HELP arbiter_revocation_entries Entries in the revocation file's list as last loaded.\n# TYPE arbiter_revocation_entries gauge\narbiter_revocation_entries {}",
-        revocations.entries()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP arbiter_revocation_reload_failures_total Revocation files refused on reload (the last good list stays).\n# TYPE arbiter_revocation_reload_failures_total counter\narbiter_revocation_reload_failures_total {}",
-        revocations.reload_failures()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP arbiter_ssf_events_total Security Event Tokens received, by result.\n# TYPE arbiter_ssf_events_total counter\narbiter_ssf_events_total{{result=\"applied\"}} {}\narbiter_ssf_events_total{{result=\"refused\"}} {}",
-        revocations.events_applied(),
-        revocations.events_refused()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP arbiter_tokens_revoked_total Verified tokens refused because a revocation list names them.\n# TYPE arbiter_tokens_revoked_total counter\narbiter_tokens_revoked_total {}",
-        revocations.revoked()
-    );
-    type Reading = fn(&crate::identity::KeyStore) -> Option<f64>;
-    let families: [(&str, &str, &str, Reading); 3] = [
-        (
-            "arbiter_jwks_fetches_total",
-            "counter",
-            "JWKS fetches, by provider.",
-            |s| Some(s.stats.fetches.load(Relaxed) as f64),
-        ),
-        (
-            "arbiter_jwks_fetch_failures_total",
-            "counter",
-            "Failed JWKS fetches, by provider.",
-            |s| Some(s.stats.failures.load(Relaxed) as f64),
-        ),
-        (
-            "arbiter_jwks_key_age_seconds",
-            "gauge",
-            "Age of the keys in use, by provider.",
-            |s| s.key_age().map(|a| a.as_secs_f64()),
-        ),
-    ];
-    for (name, kind, help, read) in families {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (provider, store) in authenticator.key_stores() {
-            if let Some(value) = read(store) {
-                let _ = writeln!(
-                    out,
-                    "{name}{{provider=\"{}\"}} {value}",
-                    escape_label(provider)
-                );
-            }
-        }
-    }
-    out.push_str("# HELP arbiter_token_cache_entries Verified tokens cached.\n# TYPE arbiter_token_cache_entries gauge\n");
-    let _ = writeln!(
-        out,
-        "arbiter_token_cache_entries {}",
-        authenticator.token_cache_len()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP arbiter_token_cache_lookups_total Verified-token cache lookups, by result.\n# TYPE arbiter_token_cache_lookups_total counter\narbiter_token_cache_lookups_total{{result=\"hit\"}} {}\narbiter_token_cache_lookups_total{{result=\"miss\"}} {}",
-        authenticator.cache_hits.load(Relaxed),
-        authenticator.cache_misses.load(Relaxed)
-    );
-}
-
-/// Reloads and rejected reloads of one kind of file: `policy` or `tls`.
-pub fn render_reloads(out: &mut String, what: &str, status: &crate::policy::reload::ReloadStatus) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let _ = writeln!(
-        out,
-        "# HELP arbiter_{what}_reloads_total Reloads that swapped in new {what} files.\n# TYPE arbiter_{what}_reloads_total counter\narbiter_{what}_reloads_total {}",
-        status.reloads.load(Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP arbiter_{what}_reload_failures_total Reloads rejected; the previous {what} files kept serving.\n# TYPE arbiter_{what}_reload_failures_total counter\narbiter_{what}_reload_failures_total {}",
-        status.failures.load(Relaxed)
-    );
-}
-
-/// The OPA bundle: activations, failed fetches and the one serving.
-pub fn render_bundle(out: &mut String, fetcher: &crate::policy::reload::BundleFetcher) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let _ = writeln!(
-        out,
-        "# HELP arbiter_bundle_activations_total Bundles verified, compiled and swapped in.\n# TYPE arbiter_bundle_activations_total counter\narbiter_bundle_activations_total {}",
-        fetcher.activations.load(Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP arbiter_bundle_fetch_failures_total Bundle fetches that failed (network, HTTP status, size).\n# TYPE arbiter_bundle_fetch_failures_total counter\narbiter_bundle_fetch_failures_total {}",
-        fetcher.fetch_failures.load(Relaxed)
-    );
-    if let Some(bundle) = fetcher.current() {
-        let _ = writeln!(
-            out,
-            "# HELP arbiter_bundle_info The bundle serving now.\n# TYPE arbiter_bundle_info gauge\narbiter_bundle_info{{source=\"{}\",revision=\"{}\",verified=\"{}\"}} 1",
-            escape_label(&fetcher.source()),
-            escape_label(&bundle.manifest.revision),
-            bundle.verified
-        );
-    }
-}
-
-fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -928,7 +737,7 @@ mod tests {
 
     #[test]
     fn renders_counters_and_histograms() {
-        let metrics = Metrics::default();
+        let metrics = std::sync::Arc::new(Metrics::default());
         metrics.record_decision(
             &record(true, None),
             Duration::from_micros(40),
@@ -939,7 +748,7 @@ mod tests {
             Duration::from_micros(300),
             Duration::from_micros(200),
         );
-        let text = metrics.render("abc", true);
+        let text = crate::metrics::text_of(&metrics, Metrics::encode);
         assert!(
             text.contains("arbiter_decisions_total{result=\"allow\",reason=\"\"} 1"),
             "{text}"
@@ -948,18 +757,17 @@ mod tests {
             text.contains("arbiter_decisions_total{result=\"deny\",reason=\"policy_undefined\"} 1")
         );
         assert!(
-            text.contains("arbiter_decision_duration_seconds_bucket{le=\"0.00005\"} 1"),
+            text.contains("arbiter_decision_duration_seconds_bucket{le=\"5e-05\"} 1"),
             "{text}"
         );
         assert!(text.contains("arbiter_decision_duration_seconds_bucket{le=\"+Inf\"} 2"));
         assert!(text.contains("arbiter_decision_duration_seconds_count 2"));
-        assert!(text.contains("arbiter_policy_revision{revision=\"abc\"} 1"));
-        assert!(text.contains("arbiter_ready 1"));
+        assert!(text.contains("# TYPE arbiter_decisions_total counter"));
     }
 
     #[test]
     fn policy_reasons_past_the_label_limit_count_as_other() {
-        let metrics = Metrics::default();
+        let metrics = std::sync::Arc::new(Metrics::default());
         let deny = |reason: String| {
             metrics.record_decision(
                 &record(false, Some(DenyReason::Policy(Some(reason)))),
@@ -973,7 +781,7 @@ mod tests {
         deny("r0".into());
         deny("one_too_many".into());
         deny("another".into());
-        let text = metrics.render("abc", true);
+        let text = crate::metrics::text_of(&metrics, Metrics::encode);
         assert!(
             text.contains("arbiter_decisions_total{result=\"deny\",reason=\"r0\"} 2"),
             "{text}"

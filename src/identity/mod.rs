@@ -304,6 +304,102 @@ impl Authenticator {
         self.revocations.reload();
     }
 
+    /// Introspection calls, revocations, JWKS fetches and key age per
+    /// provider, and the token cache.
+    ///
+    /// # Errors
+    /// Writing to the encoder failed.
+    pub fn encode_metrics(
+        &self,
+        encoder: &mut crate::metrics::DescriptorEncoder,
+    ) -> std::fmt::Result {
+        use crate::metrics::{counter, counters, gauge, gauges};
+        use std::sync::atomic::Ordering::Relaxed;
+        let revocations = self.revocations();
+        let calls: Vec<([(&str, &str); 1], u64)> = self
+            .introspectors()
+            .iter()
+            .map(|i| ([("provider", i.config.name.as_str())], i.calls()))
+            .collect();
+        counters(
+            encoder,
+            "arbiter_introspection_calls_total",
+            "Calls to token introspection endpoints, by provider.",
+            &calls,
+        )?;
+        gauge(
+            encoder,
+            "arbiter_revocation_entries",
+            "Entries in the revocation file's list as last loaded.",
+            u64::try_from(revocations.entries()).unwrap_or(u64::MAX),
+        )?;
+        counter(
+            encoder,
+            "arbiter_revocation_reload_failures_total",
+            "Revocation files refused on reload (the last good list stays).",
+            revocations.reload_failures(),
+        )?;
+        counters(
+            encoder,
+            "arbiter_ssf_events_total",
+            "Security Event Tokens received, by result.",
+            &[
+                ([("result", "applied")], revocations.events_applied()),
+                ([("result", "refused")], revocations.events_refused()),
+            ],
+        )?;
+        counter(
+            encoder,
+            "arbiter_tokens_revoked_total",
+            "Verified tokens refused because a revocation list names them.",
+            revocations.revoked(),
+        )?;
+        let by_provider = |read: fn(&KeyStore) -> u64| -> Vec<([(&str, &str); 1], u64)> {
+            self.key_stores()
+                .map(|(provider, store)| ([("provider", provider)], read(store)))
+                .collect()
+        };
+        counters(
+            encoder,
+            "arbiter_jwks_fetches_total",
+            "JWKS fetches, by provider.",
+            &by_provider(|s| s.stats.fetches.load(Relaxed)),
+        )?;
+        counters(
+            encoder,
+            "arbiter_jwks_fetch_failures_total",
+            "Failed JWKS fetches, by provider.",
+            &by_provider(|s| s.stats.failures.load(Relaxed)),
+        )?;
+        let ages: Vec<([(&str, &str); 1], f64)> = self
+            .key_stores()
+            .filter_map(|(provider, store)| {
+                Some(([("provider", provider)], store.key_age()?.as_secs_f64()))
+            })
+            .collect();
+        gauges(
+            encoder,
+            "arbiter_jwks_key_age_seconds",
+            "Age of the keys in use, by provider.",
+            &ages,
+        )?;
+        gauge(
+            encoder,
+            "arbiter_token_cache_entries",
+            "Verified tokens cached.",
+            u64::try_from(self.token_cache_len()).unwrap_or(u64::MAX),
+        )?;
+        counters(
+            encoder,
+            "arbiter_token_cache_lookups_total",
+            "Verified-token cache lookups, by result.",
+            &[
+                ([("result", "hit")], self.cache_hits.load(Relaxed)),
+                ([("result", "miss")], self.cache_misses.load(Relaxed)),
+            ],
+        )
+    }
+
     pub fn token_cache_len(&self) -> usize {
         self.cache.len()
     }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
 use crate::config::SlowLaneConfig;
-use crate::telemetry::Histogram;
+use crate::metrics::{self, Histogram};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -111,29 +111,34 @@ impl SlowLane {
         result.await.map_err(|_| LaneFull)
     }
 
-    /// The lane's metrics in Prometheus' text format.
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let _ = writeln!(
-            out,
-            "# HELP arbiter_slow_lane_runs_total Evaluations and body parses run in the slow lane.\n\
-             # TYPE arbiter_slow_lane_runs_total counter\n\
-             arbiter_slow_lane_runs_total {}\n\
-             # HELP arbiter_slow_lane_refused_total Slow work refused because the lane's threads and queue were full (denied overloaded).\n\
-             # TYPE arbiter_slow_lane_refused_total counter\n\
-             arbiter_slow_lane_refused_total {}\n\
-             # HELP arbiter_slow_lane_queue_depth Slow work waiting for a thread.\n\
-             # TYPE arbiter_slow_lane_queue_depth gauge\n\
-             arbiter_slow_lane_queue_depth {}",
+    /// The lane's runs, refusals, queue depth and waiting time.
+    ///
+    /// # Errors
+    /// Writing to the encoder failed.
+    pub fn encode_metrics(&self, encoder: &mut metrics::DescriptorEncoder) -> std::fmt::Result {
+        metrics::counter(
+            encoder,
+            "arbiter_slow_lane_runs_total",
+            "Evaluations and body parses run in the slow lane.",
             self.stats.runs.load(Ordering::Relaxed),
+        )?;
+        metrics::counter(
+            encoder,
+            "arbiter_slow_lane_refused_total",
+            "Slow work refused because the lane's threads and queue were full (denied overloaded).",
             self.stats.refused.load(Ordering::Relaxed),
+        )?;
+        metrics::gauge(
+            encoder,
+            "arbiter_slow_lane_queue_depth",
+            "Slow work waiting for a thread.",
             self.stats.queued.load(Ordering::Relaxed),
-        );
-        self.stats.wait.render(
-            out,
+        )?;
+        self.stats.wait.encode(
+            encoder,
             "arbiter_slow_lane_queue_seconds",
             "Time slow work waited for a slow-lane thread.",
-        );
+        )
     }
 }
 
@@ -186,8 +191,7 @@ mod tests {
         release.send(()).unwrap();
         assert_eq!(busy.await.unwrap(), Ok(true));
         assert_eq!(queued.await.unwrap(), Ok(2));
-        let mut text = String::new();
-        lane.render(&mut text);
+        let text = metrics::text_of(&lane, SlowLane::encode_metrics);
         assert!(text.contains("arbiter_slow_lane_runs_total 5"), "{text}");
         assert!(text.contains("arbiter_slow_lane_refused_total 1"), "{text}");
     }

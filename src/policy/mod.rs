@@ -150,6 +150,24 @@ pub struct EngineStatus {
     pub fallback_reason: Option<String>,
 }
 
+impl EngineStatus {
+    /// The engine as a metric.
+    ///
+    /// # Errors
+    /// Writing to the encoder failed.
+    pub fn encode_metrics(
+        &self,
+        encoder: &mut crate::metrics::DescriptorEncoder,
+    ) -> std::fmt::Result {
+        crate::metrics::gauges(
+            encoder,
+            "arbiter_policy_engine",
+            "The engine that evaluates the current policy set's decision.",
+            &[([("engine", self.engine)], 1)],
+        )
+    }
+}
+
 /// A loaded, compiled and prepared set of policies and data.
 pub struct PolicySet {
     revision: Revision,

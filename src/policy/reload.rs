@@ -26,6 +26,31 @@ pub struct ReloadStatus {
     pub last_error: ArcSwapOption<String>,
 }
 
+impl ReloadStatus {
+    /// Reloads and rejected reloads of one kind of file (`policy`, `tls`).
+    ///
+    /// # Errors
+    /// Writing to the encoder failed.
+    pub fn encode_metrics(
+        &self,
+        encoder: &mut crate::metrics::DescriptorEncoder,
+        what: &str,
+    ) -> std::fmt::Result {
+        crate::metrics::counter(
+            encoder,
+            &format!("arbiter_{what}_reloads_total"),
+            &format!("Reloads that swapped in new {what} files."),
+            self.reloads.load(std::sync::atomic::Ordering::Relaxed),
+        )?;
+        crate::metrics::counter(
+            encoder,
+            &format!("arbiter_{what}_reload_failures_total"),
+            &format!("Reloads rejected; the previous {what} files kept serving."),
+            self.failures.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+}
+
 /// A fingerprint of every file under some paths: names, sizes and
 /// modification times. Cheap enough to take every second.
 pub fn fingerprint(paths: &[PathBuf]) -> [u8; 32] {
@@ -133,6 +158,47 @@ pub struct BundleFetcher {
 }
 
 impl BundleFetcher {
+    /// Activations, failed fetches and the bundle serving now.
+    ///
+    /// # Errors
+    /// Writing to the encoder failed.
+    pub fn encode_metrics(
+        &self,
+        encoder: &mut crate::metrics::DescriptorEncoder,
+    ) -> std::fmt::Result {
+        use std::sync::atomic::Ordering::Relaxed;
+        crate::metrics::counter(
+            encoder,
+            "arbiter_bundle_activations_total",
+            "Bundles verified, compiled and swapped in.",
+            self.activations.load(Relaxed),
+        )?;
+        crate::metrics::counter(
+            encoder,
+            "arbiter_bundle_fetch_failures_total",
+            "Bundle fetches that failed (network, HTTP status, size).",
+            self.fetch_failures.load(Relaxed),
+        )?;
+        if let Some(bundle) = self.current() {
+            let source = self.source();
+            let verified = bundle.verified.to_string();
+            crate::metrics::gauges(
+                encoder,
+                "arbiter_bundle_info",
+                "The bundle serving now.",
+                &[(
+                    [
+                        ("source", source.as_str()),
+                        ("revision", bundle.manifest.revision.as_str()),
+                        ("verified", verified.as_str()),
+                    ],
+                    1,
+                )],
+            )?;
+        }
+        Ok(())
+    }
+
     /// Reads the verification key, if one is configured.
     ///
     /// # Errors

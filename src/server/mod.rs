@@ -14,7 +14,6 @@ use crate::config::Config;
 use crate::policy::{PolicyError, PolicySet};
 use crate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
 use crate::proto::auth::{CheckRequest, CheckResponse};
-use crate::telemetry;
 
 pub mod authzen;
 pub mod front_doors;
@@ -75,6 +74,8 @@ pub struct Shared {
     pub ssf: Option<crate::identity::ssf::SsfReceiver>,
     /// The headers forward-auth proxies describe the original request in.
     pub forward_auth_headers: crate::config::ForwardAuthHeaders,
+    /// Every part's metrics, registered once the state is shared.
+    metrics: std::sync::OnceLock<crate::metrics::Registry>,
 }
 
 impl Shared {
@@ -105,7 +106,47 @@ impl Shared {
             },
             authzen_decision: config.authzen.decision.clone(),
             forward_auth_headers: config.http.forward_auth_headers,
+            metrics: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Registers each part's metrics; the registry holds the state weakly.
+    pub fn register_metrics(self: &Arc<Self>) {
+        use crate::metrics::{DescriptorEncoder, Part, Registry};
+        type Encode = fn(&Shared, &mut DescriptorEncoder) -> std::fmt::Result;
+        let parts: [Encode; 9] = [
+            |s, e| s.pipeline.metrics.encode(e),
+            |s, e| s.pipeline.policies.load().engine_status().encode_metrics(e),
+            |s, e| s.pipeline.decision_log.encode_metrics(e),
+            |s, e| s.pipeline.lane.encode_metrics(e),
+            |s, e| s.pipeline.authenticator.encode_metrics(e),
+            |s, e| s.reload_status.encode_metrics(e, "policy"),
+            |s, e| s.tls_reload_status.encode_metrics(e, "tls"),
+            |s, e| s.bundle.as_ref().map_or(Ok(()), |b| b.encode_metrics(e)),
+            Shared::encode_state,
+        ];
+        let mut registry = Registry::default();
+        for encode in parts {
+            registry.register_collector(Box::new(Part::new(Arc::downgrade(self), encode)));
+        }
+        let _ = self.metrics.set(registry);
+    }
+
+    /// The policy revision serving and whether Arbiter is ready.
+    fn encode_state(&self, encoder: &mut crate::metrics::DescriptorEncoder) -> std::fmt::Result {
+        let revision = self.pipeline.policies.load().revision().to_string();
+        crate::metrics::gauges(
+            encoder,
+            "arbiter_policy_revision",
+            "The loaded policy revision.",
+            &[([("revision", revision.as_str())], 1)],
+        )?;
+        crate::metrics::gauge(
+            encoder,
+            "arbiter_ready",
+            "Whether Arbiter is ready to decide.",
+            u64::from(self.is_ready()),
+        )
     }
 
     /// The same state, with policies that came (partly) from a bundle.
@@ -169,20 +210,10 @@ impl crate::admin::Operations for Shared {
     }
 
     fn metrics_text(&self) -> String {
-        let pipeline = &self.pipeline;
-        let policies = pipeline.policies.load();
-        let revision = policies.revision().to_string();
-        let mut text = pipeline.metrics.render(&revision, self.is_ready());
-        telemetry::render_engine(&mut text, &policies.engine_status());
-        telemetry::render_decision_log(&mut text, &pipeline.decision_log);
-        pipeline.lane.render(&mut text);
-        telemetry::render_identity(&mut text, &pipeline.authenticator);
-        telemetry::render_reloads(&mut text, "policy", &self.reload_status);
-        telemetry::render_reloads(&mut text, "tls", &self.tls_reload_status);
-        if let Some(fetcher) = &self.bundle {
-            telemetry::render_bundle(&mut text, fetcher);
-        }
-        text
+        self.metrics
+            .get()
+            .map(crate::metrics::encode)
+            .unwrap_or_default()
     }
 }
 
@@ -326,6 +357,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         shared = shared.with_bundle(fetcher);
     }
     let shared = Arc::new(shared);
+    shared.register_metrics();
     if !shared
         .pipeline
         .authenticator

@@ -20,6 +20,7 @@ mod identity;
 mod introspection;
 mod limits;
 mod loadgen;
+mod metrics;
 mod opa_compat;
 mod policy_fixtures;
 mod properties;
