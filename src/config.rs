@@ -383,7 +383,7 @@ pub struct PolicyConfig {
 #[serde(deny_unknown_fields)]
 pub struct BundleConfig {
     /// `https://…` (polled, with `ETag` / `If-None-Match`) or a file path.
-    pub source: String,
+    pub source: BundleLocation,
     /// How often the source is checked for a new bundle.
     #[serde(
         with = "humantime_serde",
@@ -412,10 +412,9 @@ pub struct BundleConfig {
 }
 
 impl BundleConfig {
-    /// Where the bundle comes from (validated when the config was read).
+    /// Where the bundle comes from.
     pub fn location(&self) -> BundleLocation {
-        BundleLocation::parse(&self.source, Path::new(""))
-            .unwrap_or_else(|_| BundleLocation::File(PathBuf::from(&self.source)))
+        self.source.clone()
     }
 
     fn default_poll_interval() -> Duration {
@@ -432,8 +431,8 @@ impl BundleConfig {
     }
 }
 
-/// Where a bundle comes from.
-#[derive(Debug, Clone)]
+/// Where a bundle comes from: read from the config's `source` string.
+#[derive(Debug, Clone, PartialEq)]
 pub enum BundleLocation {
     Url(reqwest::Url),
     File(PathBuf),
@@ -457,6 +456,14 @@ impl BundleLocation {
                 path
             }))
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for BundleLocation {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let source = String::deserialize(deserializer)?;
+        // A relative file is resolved against the config's directory later.
+        Self::parse(&source, Path::new("")).map_err(serde::de::Error::custom)
     }
 }
 
@@ -564,16 +571,45 @@ impl Default for IdentityConfig {
 /// The SSF transmitter (the IdP) whose Security Event Tokens are accepted
 /// at `POST /ssf/events`; its keys are handled like a JWT provider's.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawSsf")]
 pub struct SsfConfig {
     /// The SETs' `iss`.
     pub issuer: String,
     /// The SETs' `aud` must name this receiver.
     pub audience: String,
-    pub jwks_uri: Option<String>,
-    pub jwks_file: Option<PathBuf>,
-    #[serde(default = "default_algorithms")]
+    /// `jwks_uri` or `jwks_file`, exactly one.
+    pub keys: KeySource,
     pub algorithms: Vec<SigningAlgorithm>,
+}
+
+/// `[identity.ssf]` as written in the file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSsf {
+    issuer: String,
+    audience: String,
+    jwks_uri: Option<String>,
+    jwks_file: Option<PathBuf>,
+    #[serde(default = "default_algorithms")]
+    algorithms: Vec<SigningAlgorithm>,
+}
+
+impl TryFrom<RawSsf> for SsfConfig {
+    type Error = String;
+
+    fn try_from(raw: RawSsf) -> Result<Self, String> {
+        let keys = match (raw.jwks_uri, raw.jwks_file) {
+            (Some(uri), None) => KeySource::Uri(uri),
+            (None, Some(file)) => KeySource::File(file),
+            _ => return Err("exactly one of jwks_uri and jwks_file is required".into()),
+        };
+        Ok(Self {
+            issuer: raw.issuer,
+            audience: raw.audience,
+            keys,
+            algorithms: raw.algorithms,
+        })
+    }
 }
 
 impl SsfConfig {
@@ -584,10 +620,7 @@ impl SsfConfig {
             issuer: self.issuer.clone(),
             audiences: vec![self.audience.clone()],
             skip_audience_check: false,
-            jwks_uri: self.jwks_uri.clone(),
-            jwks_file: self.jwks_file.clone(),
-            jwks_inline: None,
-            discovery: false,
+            keys: self.keys.clone(),
             algorithms: self.algorithms.clone(),
             leeway: default_leeway(),
             max_lifetime: None,
@@ -684,53 +717,127 @@ pub enum OnInvalidToken {
 
 /// One JWT issuer.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawJwtProvider")]
 pub struct JwtProviderConfig {
     pub name: String,
     /// Must equal the token's `iss`; also how a token finds its provider.
     pub issuer: String,
     /// The token's `aud` must name one of these.
-    #[serde(default)]
     pub audiences: Vec<String>,
     /// Accept tokens for any audience. Off by default; logged loudly when on.
-    #[serde(default)]
     pub skip_audience_check: bool,
-    /// Keys from a JWKS URL...
-    pub jwks_uri: Option<String>,
-    /// ...or a JWKS file...
-    pub jwks_file: Option<PathBuf>,
-    /// ...or a JWKS held in memory (`arbiter test`'s fixture keys; not
-    /// configurable)...
-    #[serde(skip)]
-    pub jwks_inline: Option<String>,
-    /// ...or OIDC discovery at `issuer` + `/.well-known/openid-configuration`.
-    #[serde(default)]
-    pub discovery: bool,
-    #[serde(default = "default_algorithms")]
+    /// Where the keys come from.
+    pub keys: KeySource,
     pub algorithms: Vec<SigningAlgorithm>,
-    #[serde(default = "default_leeway", with = "humantime_serde")]
     pub leeway: Duration,
     /// Longest accepted lifetime (`exp - iat`, or `exp - now` without `iat`).
-    #[serde(default, with = "humantime_serde")]
     pub max_lifetime: Option<Duration>,
-    #[serde(default)]
     pub from: TokenLocation,
-    #[serde(default)]
     pub on_invalid: OnInvalidToken,
     /// Key refresh: `Cache-Control: max-age` is honoured within these bounds;
     /// without it, `refresh_max` is used.
-    #[serde(default = "default_refresh_min", with = "humantime_serde")]
     pub refresh_min: Duration,
-    #[serde(default = "default_refresh_max", with = "humantime_serde")]
     pub refresh_max: Duration,
     /// At most one fetch per this interval for tokens naming an unknown `kid`.
-    #[serde(default = "default_kid_miss_interval", with = "humantime_serde")]
     pub kid_miss_min_interval: Duration,
     /// While the IdP is unreachable, the last good keys serve this long; then its tokens are denied.
-    #[serde(default = "default_max_staleness", with = "humantime_serde")]
     pub max_staleness: Duration,
-    #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
     pub fetch_timeout: Duration,
+}
+
+/// Where a provider's keys come from: `jwks_uri`, `jwks_file` or
+/// `discovery = true`, exactly one of them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeySource {
+    Uri(String),
+    File(PathBuf),
+    /// A JWKS document held in memory (`arbiter test`'s fixture keys; not
+    /// configurable).
+    Inline(std::sync::Arc<str>),
+    /// OIDC discovery at `issuer` + `/.well-known/openid-configuration`.
+    Discovery,
+}
+
+impl TryFrom<RawJwtProvider> for JwtProviderConfig {
+    type Error = String;
+
+    fn try_from(raw: RawJwtProvider) -> Result<Self, String> {
+        let keys = match (raw.jwks_uri, raw.jwks_file, raw.discovery) {
+            (Some(uri), None, false) => KeySource::Uri(uri),
+            (None, Some(file), false) => KeySource::File(file),
+            (None, None, true) => KeySource::Discovery,
+            _ => {
+                return Err(format!(
+                    "provider {:?}: exactly one of jwks_uri, jwks_file or discovery = true is required",
+                    raw.name
+                ));
+            }
+        };
+        Ok(Self {
+            name: raw.name,
+            issuer: raw.issuer,
+            audiences: raw.audiences,
+            skip_audience_check: raw.skip_audience_check,
+            keys,
+            algorithms: raw.algorithms,
+            leeway: raw.leeway,
+            max_lifetime: raw.max_lifetime,
+            from: raw.from,
+            on_invalid: raw.on_invalid,
+            refresh_min: raw.refresh_min,
+            refresh_max: raw.refresh_max,
+            kid_miss_min_interval: raw.kid_miss_min_interval,
+            max_staleness: raw.max_staleness,
+            fetch_timeout: raw.fetch_timeout,
+        })
+    }
+}
+
+/// A JWT provider as written in the file: the key source is three keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwtProvider {
+    name: String,
+    /// Must equal the token's `iss`; also how a token finds its provider.
+    issuer: String,
+    /// The token's `aud` must name one of these.
+    #[serde(default)]
+    audiences: Vec<String>,
+    /// Accept tokens for any audience. Off by default; logged loudly when on.
+    #[serde(default)]
+    skip_audience_check: bool,
+    /// Keys from a JWKS URL...
+    jwks_uri: Option<String>,
+    /// ...or a JWKS file...
+    jwks_file: Option<PathBuf>,
+    /// ...or OIDC discovery at `issuer` + `/.well-known/openid-configuration`.
+    #[serde(default)]
+    discovery: bool,
+    #[serde(default = "default_algorithms")]
+    algorithms: Vec<SigningAlgorithm>,
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    leeway: Duration,
+    /// Longest accepted lifetime (`exp - iat`, or `exp - now` without `iat`).
+    #[serde(default, with = "humantime_serde")]
+    max_lifetime: Option<Duration>,
+    #[serde(default)]
+    from: TokenLocation,
+    #[serde(default)]
+    on_invalid: OnInvalidToken,
+    /// Key refresh: `Cache-Control: max-age` is honoured within these bounds;
+    /// without it, `refresh_max` is used.
+    #[serde(default = "default_refresh_min", with = "humantime_serde")]
+    refresh_min: Duration,
+    #[serde(default = "default_refresh_max", with = "humantime_serde")]
+    refresh_max: Duration,
+    /// At most one fetch per this interval for tokens naming an unknown `kid`.
+    #[serde(default = "default_kid_miss_interval", with = "humantime_serde")]
+    kid_miss_min_interval: Duration,
+    /// While the IdP is unreachable, the last good keys serve this long; then its tokens are denied.
+    #[serde(default = "default_max_staleness", with = "humantime_serde")]
+    max_staleness: Duration,
+    #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
+    fetch_timeout: Duration,
 }
 
 fn default_algorithms() -> Vec<SigningAlgorithm> {
@@ -979,15 +1086,6 @@ impl Config {
                     "must be present and unique across providers".into(),
                 ));
             }
-            let sources = usize::from(p.jwks_uri.is_some())
-                + usize::from(p.jwks_file.is_some())
-                + usize::from(p.discovery);
-            if sources != 1 {
-                return Err(invalid(
-                    "jwks_uri",
-                    "exactly one of jwks_uri, jwks_file or discovery = true is required".into(),
-                ));
-            }
             if p.audiences.is_empty() && !p.skip_audience_check {
                 return Err(invalid(
                     "audiences",
@@ -1063,8 +1161,10 @@ impl Config {
             }
         }
         if let Some(bundle) = &mut config.policy.bundle {
-            if let Ok(BundleLocation::File(path)) = BundleLocation::parse(&bundle.source, base) {
-                bundle.source = path.to_string_lossy().into_owned();
+            if let BundleLocation::File(path) = &mut bundle.source
+                && path.is_relative()
+            {
+                *path = base.join(&*path);
             }
             let files = bundle
                 .bearer_token_file
@@ -1095,7 +1195,10 @@ impl Config {
             .identity
             .ssf
             .as_mut()
-            .and_then(|s| s.jwks_file.as_mut());
+            .and_then(|s| match &mut s.keys {
+                KeySource::File(file) => Some(file),
+                _ => None,
+            });
         let secrets = config
             .identity
             .introspection
@@ -1117,7 +1220,7 @@ impl Config {
             .iter_mut()
             .chain(config.device.jwt.iter_mut())
         {
-            if let Some(file) = &mut provider.jwks_file
+            if let KeySource::File(file) = &mut provider.keys
                 && file.is_relative()
             {
                 *file = base.join(&*file);
@@ -1131,14 +1234,6 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(ssf) = &self.identity.ssf
-            && ssf.jwks_uri.is_some() == ssf.jwks_file.is_some()
-        {
-            return Err(ConfigError::Invalid {
-                path: "identity.ssf".into(),
-                message: "exactly one of jwks_uri and jwks_file is required".into(),
-            });
-        }
         if self.policy.paths.is_empty() && self.policy.bundle.is_none() {
             return Err(ConfigError::Invalid {
                 path: "policy.paths".into(),
@@ -1146,12 +1241,6 @@ impl Config {
             });
         }
         if let Some(bundle) = &self.policy.bundle {
-            BundleLocation::parse(&bundle.source, Path::new("")).map_err(|message| {
-                ConfigError::Invalid {
-                    path: "policy.bundle.source".into(),
-                    message,
-                }
-            })?;
             if bundle.poll_interval < Duration::from_secs(1) {
                 return Err(ConfigError::Invalid {
                     path: "policy.bundle.poll_interval".into(),
@@ -1283,8 +1372,8 @@ mod tests {
         .unwrap();
         let p = &ok.identity.jwt[0];
         assert_eq!(
-            p.jwks_file.as_deref(),
-            Some(Path::new("/etc/arbiter/keys.json"))
+            p.keys,
+            KeySource::File(PathBuf::from("/etc/arbiter/keys.json"))
         );
         assert_eq!(p.from, TokenLocation::default());
         assert_eq!(p.leeway, Duration::from_secs(60));
@@ -1293,6 +1382,10 @@ mod tests {
         for (bad, key) in [
             (
                 "name = \"a\"\nissuer = \"i\"\naudiences = [\"x\"]\n",
+                "exactly one",
+            ),
+            (
+                "name = \"a\"\nissuer = \"i\"\naudiences = [\"x\"]\njwks_file = \"k\"\ndiscovery = true\n",
                 "exactly one",
             ),
             (

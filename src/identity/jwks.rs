@@ -17,7 +17,7 @@ use base64::Engine as _;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
-use crate::config::JwtProviderConfig;
+use crate::config::{JwtProviderConfig, KeySource};
 
 /// Largest JWKS or discovery document accepted.
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
@@ -35,28 +35,6 @@ pub enum JwksError {
     Invalid { origin: String, message: String },
     #[error("OIDC discovery at {url} failed: {message}")]
     Discovery { url: String, message: String },
-}
-
-/// Where a provider's keys come from.
-#[derive(Debug, Clone)]
-pub enum KeySource {
-    Url(String),
-    File(PathBuf),
-    /// A JWKS document given whole.
-    Inline(Arc<str>),
-    /// OIDC discovery from this issuer.
-    Discovery(String),
-}
-
-impl KeySource {
-    pub fn from_config(config: &JwtProviderConfig) -> Self {
-        match (&config.jwks_uri, &config.jwks_file, &config.jwks_inline) {
-            (Some(url), _, _) => Self::Url(url.clone()),
-            (None, Some(path), _) => Self::File(path.clone()),
-            (None, None, Some(jwks)) => Self::Inline(jwks.as_str().into()),
-            (None, None, None) => Self::Discovery(config.issuer.clone()),
-        }
-    }
 }
 
 /// The kind of key an algorithm needs.
@@ -289,6 +267,7 @@ pub struct FetchStats {
 /// One provider's keys: the current snapshot and how to get the next one.
 pub struct KeyStore {
     provider: String,
+    issuer: String,
     source: KeySource,
     http: reqwest::Client,
     current: ArcSwapOption<KeySet>,
@@ -309,7 +288,8 @@ impl KeyStore {
     pub fn new(config: &JwtProviderConfig, http: reqwest::Client) -> Self {
         Self {
             provider: config.name.clone(),
-            source: KeySource::from_config(config),
+            issuer: config.issuer.clone(),
+            source: config.keys.clone(),
             http,
             current: ArcSwapOption::empty(),
             miss_fetch: tokio::sync::Mutex::new(None),
@@ -436,15 +416,15 @@ impl KeyStore {
                 })?;
                 KeySet::parse(&path.display().to_string(), &body, None, generation)
             }
-            KeySource::Url(url) => self.fetch_url(url, generation).await,
+            KeySource::Uri(url) => self.fetch_url(url, generation).await,
             KeySource::Inline(jwks) => {
                 KeySet::parse(&self.provider, jwks.as_bytes(), None, generation)
             }
-            KeySource::Discovery(issuer) => {
+            KeySource::Discovery => {
                 let url = match self.discovered.load_full() {
                     Some(url) => url,
                     None => {
-                        let url = Arc::new(self.discover(issuer).await?);
+                        let url = Arc::new(self.discover(&self.issuer).await?);
                         self.discovered.store(Some(Arc::clone(&url)));
                         url
                     }
