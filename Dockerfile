@@ -6,6 +6,8 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY src src
 COPY benches benches
+# A workspace member: cargo reads its manifest to build any package.
+COPY load load
 RUN cargo build --release --locked --bin arbiter
 
 FROM gcr.io/distroless/cc-debian12:nonroot

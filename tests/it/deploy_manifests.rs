@@ -150,6 +150,22 @@ fn dockerfile_is_multi_stage_small_and_non_root() {
         vec![PathBuf::from("/etc/arbiter/policies")]
     );
     assert!(text.contains("COPY policies /etc/arbiter/policies"));
+    // Cargo loads every workspace member's manifest before building one.
+    let manifest: toml::Table = std::fs::read_to_string(root().join("Cargo.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let members = manifest["workspace"]["members"].as_array().unwrap();
+    for member in members
+        .iter()
+        .filter_map(toml::Value::as_str)
+        .filter(|m| *m != ".")
+    {
+        assert!(
+            text.lines().any(|l| l == format!("COPY {member} {member}")),
+            "the build stage needs workspace member {member}"
+        );
+    }
 }
 
 const ENVOY_CONFIGS: [&str; 3] = [

@@ -19,7 +19,6 @@ mod hostile;
 mod identity;
 mod introspection;
 mod limits;
-mod loadgen;
 mod metrics;
 mod opa_compat;
 mod policy_fixtures;

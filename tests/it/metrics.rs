@@ -218,7 +218,10 @@ async fn metrics_are_prometheus_text_with_every_documented_family() {
     );
     assert_eq!(
         // The provider's name, quotes and backslash, escaped and read back.
-        value("arbiter_jwks_fetches_total", &[("provider", r#"idp "east" \ 1"#)]),
+        value(
+            "arbiter_jwks_fetches_total",
+            &[("provider", r#"idp "east" \ 1"#)]
+        ),
         Some(1.0)
     );
     let count = families["arbiter_decision_duration_seconds"]

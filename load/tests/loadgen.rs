@@ -8,9 +8,47 @@
     clippy::indexing_slicing
 )]
 
+use std::path::Path;
 use std::process::Command;
 
-use crate::common::*;
+/// A real Arbiter on 127.0.0.1:0 with one policy file.
+struct TestArbiter {
+    running: arbiter::Running,
+    _dir: tempfile::TempDir,
+}
+
+impl TestArbiter {
+    async fn start(files: &[(&str, &str)], toml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            let path = dir.path().join("policies").join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        let config = arbiter::Config::from_toml(toml, Path::new("test.toml"), dir.path()).unwrap();
+        let running = arbiter::start(&config).await.unwrap();
+        Self { running, _dir: dir }
+    }
+
+    async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.running.admin_addr);
+        reqwest::get(url).await.unwrap().text().await.unwrap()
+    }
+}
+
+/// The sum of a metric's samples in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    let samples: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!samples.is_empty()).then(|| samples.iter().sum())
+}
 
 fn load(args: &[&str]) -> serde_json::Value {
     let output = Command::new(env!("CARGO_BIN_EXE_arbiter-load"))
@@ -44,7 +82,7 @@ async fn arbiter_load_drives_a_real_arbiter_and_counts_its_decisions() {
             "package envoy.authz\n\ndefault allow := false\n\nallow if \"orders:read\" in input.identity.scopes\n",
         )],
         &format!(
-            "[server]\ndecision_timeout = \"5s\"\n[[identity.jwt]]\nname = \"bench\"\nissuer = \"https://idp.bench\"\naudiences = [\"api\"]\njwks_file = \"{out}/jwks.json\"\nalgorithms = [\"ES256\"]\n"
+            "[server]\ngrpc_addr = \"127.0.0.1:0\"\ndecision_timeout = \"5s\"\n[admin]\naddr = \"127.0.0.1:0\"\n[[identity.jwt]]\nname = \"bench\"\nissuer = \"https://idp.bench\"\naudiences = [\"api\"]\njwks_file = \"{out}/jwks.json\"\nalgorithms = [\"ES256\"]\n"
         ),
     )
     .await;
@@ -56,7 +94,7 @@ async fn arbiter_load_drives_a_real_arbiter_and_counts_its_decisions() {
             "--target",
             &target,
             "--request",
-            "benches/load/request.json",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/load/request.json"),
             "--connections",
             "1",
             "--concurrency",
