@@ -10,7 +10,14 @@ pub mod introspection;
 pub mod jwks;
 pub mod revocation;
 pub mod ssf;
+/// Keys made at run time: `arbiter test` signs its fixture tokens with
+/// them. Public only with the `test-support` feature (tests, benches, the
+/// load generator and the fuzz targets).
+#[cfg(feature = "test-support")]
 pub mod test_keys;
+#[cfg(not(feature = "test-support"))]
+#[allow(dead_code, reason = "the parts only tests and tools use")]
+pub(crate) mod test_keys;
 mod token;
 
 use std::sync::Arc;
