@@ -8,7 +8,7 @@ COPY src src
 COPY benches benches
 # A workspace member: cargo reads its manifest to build any package.
 COPY load load
-RUN cargo build --release --locked --bin arbiter
+RUN cargo build --release --locked -p arbiter --bin arbiter
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/arbiter /usr/local/bin/arbiter

@@ -3,7 +3,7 @@
 //! configs, bodies and tokens of the kinds the tests use. Run it after
 //! changing those and commit the result:
 //!
-//! `cargo run --example fuzz_seeds` (from the repository's root)
+//! `cargo run --example fuzz_seeds`
 
 #![allow(
     clippy::unwrap_used,

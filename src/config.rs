@@ -598,11 +598,8 @@ impl TryFrom<RawSsf> for SsfConfig {
     type Error = String;
 
     fn try_from(raw: RawSsf) -> Result<Self, String> {
-        let keys = match (raw.jwks_uri, raw.jwks_file) {
-            (Some(uri), None) => KeySource::Uri(uri),
-            (None, Some(file)) => KeySource::File(file),
-            _ => return Err("exactly one of jwks_uri and jwks_file is required".into()),
-        };
+        let keys = KeySource::from_keys(raw.jwks_uri, raw.jwks_file, false)
+            .ok_or("exactly one of jwks_uri and jwks_file is required")?;
         Ok(Self {
             issuer: raw.issuer,
             audience: raw.audience,
@@ -758,21 +755,29 @@ pub enum KeySource {
     Discovery,
 }
 
+impl KeySource {
+    /// The one source the file's keys name, if exactly one.
+    fn from_keys(uri: Option<String>, file: Option<PathBuf>, discovery: bool) -> Option<Self> {
+        match (uri, file, discovery) {
+            (Some(uri), None, false) => Some(Self::Uri(uri)),
+            (None, Some(file), false) => Some(Self::File(file)),
+            (None, None, true) => Some(Self::Discovery),
+            _ => None,
+        }
+    }
+}
+
 impl TryFrom<RawJwtProvider> for JwtProviderConfig {
     type Error = String;
 
     fn try_from(raw: RawJwtProvider) -> Result<Self, String> {
-        let keys = match (raw.jwks_uri, raw.jwks_file, raw.discovery) {
-            (Some(uri), None, false) => KeySource::Uri(uri),
-            (None, Some(file), false) => KeySource::File(file),
-            (None, None, true) => KeySource::Discovery,
-            _ => {
-                return Err(format!(
+        let keys = KeySource::from_keys(raw.jwks_uri, raw.jwks_file, raw.discovery)
+            .ok_or_else(|| {
+                format!(
                     "provider {:?}: exactly one of jwks_uri, jwks_file or discovery = true is required",
                     raw.name
-                ));
-            }
-        };
+                )
+            })?;
         Ok(Self {
             name: raw.name,
             issuer: raw.issuer,

@@ -166,6 +166,7 @@ pub fn gauges<L: EncodeLabelSet, V: EncodeGaugeValue>(
 }
 
 /// The text of one part's metrics alone (for its tests).
+#[cfg(test)]
 pub fn text_of<T: Send + Sync + 'static>(
     owner: &std::sync::Arc<T>,
     encode: fn(&T, &mut DescriptorEncoder) -> fmt::Result,

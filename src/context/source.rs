@@ -5,6 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 
+use crate::address::canonical;
+
 /// Where the request came from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Source {
@@ -19,8 +21,6 @@ pub struct Source {
     /// How many `X-Forwarded-For` entries were walked through trusted proxies.
     pub trusted_hops: usize,
 }
-
-use crate::address::canonical;
 
 /// Parses one `X-Forwarded-For` entry: a bare address, or one with a port
 /// (`1.2.3.4:80`, `[::1]:80`), or a bracketed IPv6 address.

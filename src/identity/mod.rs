@@ -11,8 +11,9 @@ pub mod jwks;
 pub mod revocation;
 pub mod ssf;
 /// Keys made at run time: `arbiter test` signs its fixture tokens with
-/// them. Public only with the `test-support` feature (tests, benches, the
-/// load generator and the fuzz targets).
+/// them. Public API only with the `test-support` feature, which the tests,
+/// benches, the load generator and the fuzz targets enable (a workspace
+/// build also unifies it into the service's build; `-p arbiter` does not).
 #[cfg(feature = "test-support")]
 pub mod test_keys;
 #[cfg(not(feature = "test-support"))]

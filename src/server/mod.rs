@@ -114,9 +114,8 @@ impl Shared {
     pub fn register_metrics(self: &Arc<Self>) {
         use crate::metrics::{DescriptorEncoder, Part, Registry};
         type Encode = fn(&Shared, &mut DescriptorEncoder) -> std::fmt::Result;
-        let parts: [Encode; 9] = [
+        let parts: [Encode; 8] = [
             |s, e| s.pipeline.metrics.encode(e),
-            |s, e| s.pipeline.policies.load().engine_status().encode_metrics(e),
             |s, e| s.pipeline.decision_log.encode_metrics(e),
             |s, e| s.pipeline.lane.encode_metrics(e),
             |s, e| s.pipeline.authenticator.encode_metrics(e),
@@ -132,9 +131,12 @@ impl Shared {
         let _ = self.metrics.set(registry);
     }
 
-    /// The policy revision serving and whether Arbiter is ready.
+    /// The policy set serving (its engine and revision, from one load) and
+    /// whether Arbiter is ready.
     fn encode_state(&self, encoder: &mut crate::metrics::DescriptorEncoder) -> std::fmt::Result {
-        let revision = self.pipeline.policies.load().revision().to_string();
+        let policies = self.pipeline.policies.load();
+        policies.engine_status().encode_metrics(encoder)?;
+        let revision = policies.revision().to_string();
         crate::metrics::gauges(
             encoder,
             "arbiter_policy_revision",

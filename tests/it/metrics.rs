@@ -22,7 +22,8 @@ default allow := {"allowed": false, "reason": "not \"alice\"\n"}
 allow := {"allowed": true} if input.identity.subject == "alice"
 "#;
 
-/// The families README documents, with their types and label names.
+/// The families README documents (every one but the bundle's, which need a
+/// bundle), with their types and label names.
 const DOCUMENTED: &[(&str, &str, &[&str])] = &[
     ("arbiter_decisions_total", "counter", &["result", "reason"]),
     ("arbiter_decisions_in_flight", "gauge", &[]),
@@ -155,10 +156,15 @@ fn labels(text: &str) -> BTreeMap<String, String> {
 async fn metrics_are_prometheus_text_with_every_documented_family() {
     let key = TestKey::generate("k1", Algorithm::ES256).unwrap();
     let idp = Idp::start(jwks(&[&key])).await;
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "s3cret").unwrap();
     let toml = format!(
-        "[[identity.jwt]]\nname = 'idp \"east\" \\ 1'\nissuer = \"{}\"\naudiences = [\"api\"]\njwks_uri = \"{}\"\nalgorithms = [\"ES256\"]\n",
+        "[server]\nmax_request_bytes = 65536\n\
+         [[identity.jwt]]\nname = 'idp \"east\" \\ 1'\nissuer = \"{}\"\naudiences = [\"api\"]\njwks_uri = \"{}\"\nalgorithms = [\"ES256\"]\n\
+         [[identity.introspection]]\nname = \"as\"\nendpoint = \"http://127.0.0.1:9/introspect\"\nclient_id = \"arbiter\"\nclient_secret_file = \"{}\"\n",
         idp.issuer(),
-        idp.jwks_url()
+        idp.jwks_url(),
+        secret.path().display()
     );
     let arbiter = TestArbiter::start(&[("p.rego", POLICY)], &toml).await;
     let claims = |sub: &str| json!({"iss": idp.issuer(), "aud": "api", "sub": sub, "iat": now(), "exp": now() + 600});
@@ -167,6 +173,23 @@ async fn metrics_are_prometheus_text_with_every_documented_family() {
     assert_eq!(arbiter.bearer_reason(&alice).await, None);
     assert_eq!(arbiter.bearer_reason(&alice).await, None);
     assert!(arbiter.bearer_reason(&bob).await.is_some());
+    // A call over max_request_bytes is refused with a gRPC error, and counted.
+    let huge = "x".repeat(100_000);
+    let refused = arbiter
+        .client()
+        .await
+        .check(
+            serde_json::from_str::<arbiter::proto::auth::CheckRequest>(&http_request(
+                "GET",
+                "/",
+                &[("x-pad", huge.as_str())],
+                "",
+            ))
+            .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::OutOfRange);
 
     let families = parse(&arbiter.metrics().await);
     for (name, kind, label_names) in DOCUMENTED {
@@ -174,6 +197,7 @@ async fn metrics_are_prometheus_text_with_every_documented_family() {
             .get(*name)
             .unwrap_or_else(|| panic!("{name} is missing from /metrics"));
         assert_eq!(family.kind, *kind, "{name}");
+        assert!(!family.samples.is_empty(), "{name} has no sample");
         for (sample, labels, _) in &family.samples {
             let mut names: Vec<&str> = labels.keys().map(String::as_str).collect();
             let mut want: Vec<&str> = label_names
@@ -185,6 +209,27 @@ async fn metrics_are_prometheus_text_with_every_documented_family() {
             want.sort_unstable();
             assert_eq!(names, want, "labels of {sample}");
         }
+    }
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let documented: std::collections::BTreeSet<&str> = readme
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| s.starts_with("arbiter_"))
+        .map(|s| s.split('{').next().unwrap_or(s))
+        .collect();
+    for (name, _, _) in DOCUMENTED {
+        assert!(documented.contains(name), "README does not document {name}");
+    }
+    for name in documented
+        .iter()
+        .filter(|n| !n.starts_with("arbiter_bundle_"))
+    {
+        assert!(
+            DOCUMENTED.iter().any(|(n, _, _)| n == name),
+            "README documents {name}, which this test does not check"
+        );
     }
     let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
         let family = families.get(name)?;
