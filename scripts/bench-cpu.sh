@@ -15,17 +15,7 @@ rounds=${1:-3}
 seconds=${2:-8}
 out=target/bench/cpu
 mkdir -p "$out"
-command -v h2load > /dev/null || {
-    echo "h2load not found: apt-get install nghttp2-client" >&2
-    exit 1
-}
-cargo build --release --locked --quiet --bin arbiter --bin arbiter-load --example bare_ext_authz
-if [ ! -f target/bench/jwks.json ] || [ ! -f target/bench/tokens.txt ]; then
-    target/release/arbiter-load tokens --count 100 --out target/bench
-fi
-target/release/arbiter-load frame --request benches/load/request.json \
-    --tokens target/bench/tokens.txt --out "$out/zero-trust.bin"
-target/release/arbiter-load frame --request benches/load/request.json --out "$out/allow.bin"
+. scripts/bench-h2.sh
 
 # The zero-trust decision without the network check, beside the original.
 nocidr=$out/zero-trust-nocidr
@@ -35,17 +25,6 @@ grep -v 'net.cidr_contains' benches/load/zero-trust/policy.rego > "$nocidr/polic
 sed -e "s#paths = \[\"../load/zero-trust\"\]#paths = [\"$PWD/$nocidr/policy\"]#" \
     -e "s#jwks_file = \"../../target/bench/jwks.json\"#jwks_file = \"$PWD/target/bench/jwks.json\"#" \
     benches/h2load/zero-trust.toml > "$nocidr/arbiter.toml"
-
-unset RUST_BACKTRACE RUST_LIB_BACKTRACE
-server_pid=
-stop_server() {
-    if [ -n "$server_pid" ]; then
-        kill "$server_pid" 2> /dev/null || true
-        wait "$server_pid" 2> /dev/null || true
-        server_pid=
-    fi
-}
-trap stop_server EXIT
 
 # utime + stime of a process, in clock ticks.
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }

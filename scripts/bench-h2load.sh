@@ -25,34 +25,11 @@ seconds=${2:-10}
 out=target/bench/h2load
 mkdir -p "$out"
 
-command -v h2load > /dev/null || {
-    echo "h2load not found: apt-get install nghttp2-client" >&2
-    exit 1
-}
-cargo build --release --locked --quiet --bin arbiter --bin arbiter-load --example bare_ext_authz
-if [ ! -f target/bench/jwks.json ] || [ ! -f target/bench/tokens.txt ]; then
-    target/release/arbiter-load tokens --count 100 --out target/bench
-fi
-target/release/arbiter-load frame --request benches/load/request.json \
-    --tokens target/bench/tokens.txt --out "$out/zero-trust.bin"
-target/release/arbiter-load frame --request benches/load/request.json --out "$out/allow.bin"
+. scripts/bench-h2.sh
 cp "$out/allow.bin" "$out/bare.bin"
 cp "$out/zero-trust.bin" "$out/zero-trust-interpreter.bin"
 target/release/arbiter-load frame --request benches/h2load/public.json --out "$out/library.bin"
 cp "$out/library.bin" "$out/library-interpreter.bin"
-
-# With RUST_BACKTRACE set, every error value regorus makes captures a backtrace.
-unset RUST_BACKTRACE RUST_LIB_BACKTRACE
-
-server_pid=
-stop_server() {
-    if [ -n "$server_pid" ]; then
-        kill "$server_pid" 2> /dev/null || true
-        wait "$server_pid" 2> /dev/null || true
-        server_pid=
-    fi
-}
-trap stop_server EXIT
 
 wait_for() {
     for _ in $(seq 200); do

@@ -1441,29 +1441,25 @@ mod tests {
 
     #[test]
     fn trusted_proxies_take_cidrs_and_addresses() {
-        let config =
-            parse("[context]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.168.1.1\", \"fd00::/8\"]\n")
-                .unwrap();
-        let nets: Vec<String> = config
-            .context
-            .trusted_proxies
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(nets, vec!["10.0.0.0/8", "192.168.1.1/32", "fd00::/8"]);
+        let nets = |list: &str| -> Vec<String> {
+            parse(&format!("[context]\ntrusted_proxies = {list}\n"))
+                .unwrap()
+                .context
+                .trusted_proxies
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(
+            nets(r#"["10.0.0.0/8", "192.168.1.1", "fd00::/8"]"#),
+            vec!["10.0.0.0/8", "192.168.1.1/32", "fd00::/8"]
+        );
         // IPv4-mapped networks as Go reads them: at prefix 96 or more the
         // IPv4 network; below it an IPv6 network, never all of IPv4.
-        let config = parse(
-            "[context]\ntrusted_proxies = [\"::ffff:10.0.0.0/104\", \"::ffff:10.0.0.0/80\", \"::ffff:10.0.0.9\"]\n",
-        )
-        .unwrap();
-        let nets: Vec<String> = config
-            .context
-            .trusted_proxies
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(nets, vec!["10.0.0.0/8", "::/80", "10.0.0.9/32"]);
+        assert_eq!(
+            nets(r#"["::ffff:10.0.0.0/104", "::ffff:10.0.0.0/80", "::ffff:10.0.0.9"]"#),
+            vec!["10.0.0.0/8", "::/80", "10.0.0.9/32"]
+        );
         let err = parse("[context]\ntrusted_proxies = [\"10.0.0.0/33\"]\n")
             .unwrap_err()
             .to_string();

@@ -178,3 +178,20 @@ pub fn text_of<T: Send + Sync + 'static>(
     )));
     self::encode(&registry)
 }
+
+/// The sum of the samples of `name` (a family name, or a name with its
+/// labels as written, `name{label="value"}`) in Prometheus text, `None`
+/// when there is none: what tests and tools read back from `/metrics`.
+#[cfg(feature = "test-support")]
+pub fn sum_of(text: &str, name: &str) -> Option<f64> {
+    let samples: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!samples.is_empty()).then(|| samples.iter().sum())
+}

@@ -36,19 +36,7 @@ impl TestArbiter {
     }
 }
 
-/// The sum of a metric's samples in Prometheus text.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    let samples: Vec<f64> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!samples.is_empty()).then(|| samples.iter().sum())
-}
+use arbiter::metrics::sum_of as metric;
 
 fn load(args: &[&str]) -> serde_json::Value {
     let output = Command::new(env!("CARGO_BIN_EXE_arbiter-load"))

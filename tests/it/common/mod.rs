@@ -257,20 +257,7 @@ pub fn http_request(method: &str, path: &str, headers: &[(&str, &str)], body: &s
     .to_string()
 }
 
-/// The value of an unlabelled metric in Prometheus text, or of the sum of
-/// a labelled family; `None` when no sample of that name is there.
-pub fn metric(text: &str, name: &str) -> Option<f64> {
-    let samples: Vec<f64> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!samples.is_empty()).then(|| samples.iter().sum())
-}
+pub use arbiter::metrics::sum_of as metric;
 
 /// Waits until the admin endpoint at `admin` reports `name` at `value` or
 /// more: the event a test waits for, rather than a sleep.
