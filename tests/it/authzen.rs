@@ -3,13 +3,6 @@
 //! "Todo" scenario (the openid/authzen interop tests for the Authorization
 //! API 1.0), one at a time and batched, plus the API's own rules.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use std::path::PathBuf;
 
 use arbiter::identity::test_keys::{TestKey, jwks};

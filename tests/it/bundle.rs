@@ -2,13 +2,6 @@
 //! `ETag`), read from a file, signed and verified, and refused when broken,
 //! tampered with or unsigned, while the previous policies keep serving.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

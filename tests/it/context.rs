@@ -2,13 +2,6 @@
 //! trusted proxies, SPIFFE principals (also from a peer certificate), and
 //! device posture that a client cannot forge.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use crate::common::*;
 use arbiter::identity::test_keys::{TestKey, jwks};
 use jsonwebtoken::Algorithm;

@@ -2,13 +2,6 @@
 //! documented fields, never a token, cookie or secret header; sampling of
 //! allows, masking, and a separate file.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -2,13 +2,6 @@
 //! against each other and against Arbiter's own configuration; the Envoy
 //! configurations validated by a real Envoy.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use crate::common;
 
 use std::path::{Path, PathBuf};

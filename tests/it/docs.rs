@@ -2,8 +2,6 @@
 //! of the integration tests, `tests/it/<area>.rs`) or `module::tests::test` (a unit test in `src/`). A cited test
 //! that no longer exists makes the claim unbacked, so each must be found.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::path::PathBuf;
 
 fn root() -> PathBuf {

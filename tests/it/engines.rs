@@ -5,13 +5,6 @@
 //! property-generated requests (methods, paths, queries, headers, claims,
 //! device posture, source addresses, principals) through each of them.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use crate::common;
 
 use std::path::PathBuf;

@@ -4,13 +4,6 @@
 //! Skipped (with a message) when Envoy is not installed, unless
 //! `REQUIRE_ENVOY=1`, as `.ci/run` sets after installing it.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use std::sync::atomic::Ordering;
 
 use crate::common::TestArbiter;

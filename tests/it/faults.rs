@@ -7,13 +7,6 @@
 //! (`reload_under_load_drops_and_misdecides_nothing`); Arbiter killed and
 //! restarted under load behind Envoy in `tests/replicas.rs`.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

@@ -3,13 +3,6 @@
 //! (as nginx, Caddy and Traefik call it), and OPA's Data API. Each decides
 //! through the same pipeline as gRPC.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use std::sync::atomic::Ordering;
 
 use crate::common::envoy::{Echo, Envoy, Upstream, envoy_binary};

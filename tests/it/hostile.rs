@@ -6,13 +6,6 @@
 //! A megabyte token is in `tests/identity.rs` (`token_too_large`); a policy
 //! that runs past its time limit in `tests/grpc_api.rs` (`policy_timeout`).
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use crate::common;
 
 use crate::common::*;

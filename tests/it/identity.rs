@@ -1,13 +1,6 @@
 //! Identity: bearer JWTs verified against a real JWKS server on 127.0.0.1,
 //! through a real gRPC client and server.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use std::time::Duration;
 
 use crate::common::idp::{Idp, Mode};

@@ -3,13 +3,6 @@
 //! cached and shared between concurrent requests, the endpoint down, and
 //! the revocation list applied to introspected tokens too.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

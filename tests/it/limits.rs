@@ -2,13 +2,6 @@
 //! a bound on concurrent decisions, both answered with a 503 deny, never an
 //! allow and never a hang.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use crate::common;
 
 use std::time::{Duration, Instant};

@@ -2,6 +2,15 @@
 //! each a real client against a real server (or the real binary).
 //! `cargo test --test it <module>::` runs one area.
 
+// Tests may unwrap, panic and index: a failure is the test failing.
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    dead_code
+)]
+
 mod common;
 
 mod authzen;

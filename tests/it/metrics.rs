@@ -2,13 +2,6 @@
 //! is a `# HELP`, a `# TYPE` or a sample of the family declared before it,
 //! and every documented family is there with its type and labels.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use std::collections::BTreeMap;
 
 use crate::common::idp::Idp;

@@ -2,13 +2,6 @@
 //! syntax, with boolean and object results, decided by Arbiter as OPA
 //! decides them. Each runs through a real gRPC client and server.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use crate::common::*;
 
 /// The documented shape of an Envoy request as OPA sees it (Basic auth for alice).

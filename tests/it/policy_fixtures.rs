@@ -1,13 +1,6 @@
 //! Every fixture and Rego unit test under `policies/`, run by `cargo test`
 //! through the same runner as `arbiter test`.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -2,13 +2,6 @@
 //! semantics, X-Forwarded-For walking, and "no input makes the decision path
 //! panic, or allow what the policy denies".
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -2,13 +2,6 @@
 //! decided request, broken reloads rejected with the old set serving, JWKS
 //! files reloaded, and SIGHUP on the real binary.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

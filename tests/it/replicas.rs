@@ -7,13 +7,6 @@
 //!
 //! Skipped when Envoy is not installed, unless `REQUIRE_ENVOY=1`.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use crate::common;
 
 use std::net::SocketAddr;

@@ -2,13 +2,6 @@
 //! JWKS endpoint on 127.0.0.1: by token ID, by session and by subject, from
 //! the revocation file (reloaded while serving) and from the policy data.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use crate::common::idp::Idp;
 use crate::common::*;
 use arbiter::identity::test_keys::{TestKey, jwks};

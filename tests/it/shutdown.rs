@@ -1,13 +1,6 @@
 //! SIGTERM on the real binary: requests in flight are answered, then the
 //! process exits; no request is left hanging or answered with an error.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use crate::common;
 
 use std::time::{Duration, Instant};

@@ -7,13 +7,6 @@
 //! The bounds are orders of magnitude, loose enough for a shared CI
 //! machine and a debug build; BENCHMARKS.md has the measured figures.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

@@ -13,13 +13,6 @@
 //! - `SOAK_ROTATE_SECONDS` (60), `SOAK_RELOAD_SECONDS` (15),
 //! - `SOAK_REPORT_SECONDS` (30).
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -2,13 +2,6 @@
 //! against the real server: a real JWKS endpoint for the users' tokens,
 //! another for the transmitter's keys, and SETs posted over HTTP.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use crate::common::idp::Idp;
 use crate::common::*;
 use arbiter::identity::test_keys::{TestKey, jwks};

@@ -1,13 +1,6 @@
 //! TLS and mutual TLS on the gRPC listener, with certificates made by rcgen
 //! at test time: a good client certificate, none, and one from another CA.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use crate::common::*;
 use arbiter::proto::auth::CheckRequest;
 use arbiter::proto::auth::authorization_client::AuthorizationClient;

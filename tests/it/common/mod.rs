@@ -1,14 +1,6 @@
 //! Helpers shared by the integration tests: a real Arbiter on 127.0.0.1:0
 //! with policies written to a temporary directory, and a real gRPC client.
 
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 pub mod envoy;
 pub mod idp;
 pub mod proxies;
