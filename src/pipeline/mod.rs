@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use futures_util::FutureExt as _;
 
 use crate::config::{BodyErrors, Config, OnInvalidToken};
 use crate::context::{ParseOptions, ParsedBody, RequestContext, split_target};
@@ -401,7 +402,9 @@ impl Pipeline {
     /// one of `max_concurrent_decisions` slots, and is given up at the
     /// caller's deadline (capped by `decision_timeout`), when `undecided`
     /// makes the answer: `overloaded` if it never got a slot, else
-    /// `deadline_exceeded`.
+    /// `deadline_exceeded`. Should `work` panic, the answer is `undecided`'s
+    /// `internal`: a reset stream would leave the verdict to the proxy's
+    /// failure mode.
     pub async fn within_limits<T>(
         &self,
         caller_deadline: Option<Duration>,
@@ -416,10 +419,14 @@ impl Pipeline {
             // Waiting here is the back-pressure; the deadline bounds it.
             let _permit = self.limiter.acquire().await;
             admitted.store(true, std::sync::atomic::Ordering::Relaxed);
-            work.await
+            std::panic::AssertUnwindSafe(work).catch_unwind().await
         };
         match tokio::time::timeout(deadline, admitted_work).await {
-            Ok(done) => done,
+            Ok(Ok(done)) => done,
+            Ok(Err(_)) => {
+                tracing::error!("a decision panicked: denied as internal");
+                undecided(decision::DenyReason::Internal)
+            }
             Err(_) => undecided(if admitted.load(std::sync::atomic::Ordering::Relaxed) {
                 decision::DenyReason::DeadlineExceeded
             } else {

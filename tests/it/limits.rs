@@ -111,3 +111,33 @@ async fn past_the_concurrency_limit_requests_wait_then_fail_closed() {
     );
     arbiter.running.shutdown().await;
 }
+
+/// A decision that panics is a deny (`internal`) through the shared limits,
+/// and its slot is given back: never a reset
+/// stream, which would leave the verdict to the proxy's failure mode.
+#[tokio::test]
+async fn a_decision_that_panics_is_denied_internal() {
+    use arbiter::decision::DenyReason;
+    let config = arbiter::Config::default();
+    let policies =
+        arbiter::policy::PolicySet::from_sources(&[("p.rego", POLICY)], None, &config.policy)
+            .unwrap();
+    let pipeline = arbiter::pipeline::Pipeline::new(&config, policies, &reqwest::Client::new());
+    for _ in 0..=config.server.max_concurrent_decisions {
+        let answer = pipeline
+            .within_limits(
+                None,
+                async {
+                    if POLICY.contains("allow") {
+                        panic!("a bug on the decision path");
+                    }
+                    DenyReason::Policy(None)
+                },
+                |reason| reason,
+            )
+            .await;
+        // Past max_concurrent_decisions a slot lost to a panic would show
+        // as `overloaded` at the deadline.
+        assert_eq!(answer, DenyReason::Internal);
+    }
+}
