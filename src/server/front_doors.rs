@@ -188,8 +188,8 @@ async fn forward_auth(
         ForwardAuthHeaders::XForwarded => ("x-forwarded-method", "x-forwarded-uri"),
         ForwardAuthHeaders::XOriginal => ("x-original-method", "x-original-uri"),
     };
-    let (Some(method), Some(uri)) = (header_str(&headers, method), header_str(&headers, uri))
-    else {
+    let given = |name| header_str(&headers, name).filter(|value| !value.is_empty());
+    let (Some(method), Some(uri)) = (given(method), given(uri)) else {
         // Without the original request there is nothing to decide; a
         // default ("GET /") would judge another request than the one served.
         pipeline

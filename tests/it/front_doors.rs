@@ -291,6 +291,20 @@ async fn forward_auth_decides_the_request_the_proxy_describes() {
         other_family.headers()["x-arbiter-reason"],
         "forward_auth_incomplete"
     );
+    // An empty URI describes no request either (it is not "/").
+    let empty = http
+        .get(arbiter.http_url("/forward-auth"))
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-uri", "")
+        .header("x-api-key", "alice-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status(), 403);
+    assert_eq!(
+        empty.headers()["x-arbiter-reason"],
+        "forward_auth_incomplete"
+    );
     arbiter.running.shutdown().await;
 
     // nginx describes it with X-Original-* set by the operator; a client's
