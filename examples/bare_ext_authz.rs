@@ -2,7 +2,11 @@
 //! server that decodes each CheckRequest and answers OK, nothing else. What
 //! Arbiter adds is measured against it, in the same run.
 //!
-//! `cargo run --release --example bare_ext_authz -- 127.0.0.1:9393`
+//! `cargo run --release --example bare_ext_authz -- 127.0.0.1:9393 [fifo]`
+//!
+//! With `fifo`, it runs on Arbiter's runtime (`arbiter::server::runtime`,
+//! the scheduler without its LIFO slot): the transport limit of that
+//! runtime, which `scripts/bench-h2load.sh` reports beside the plain one.
 
 use arbiter::proto::auth::authorization_server::{Authorization, AuthorizationServer};
 use arbiter::proto::auth::{CheckRequest, CheckResponse};
@@ -32,12 +36,21 @@ impl Authorization for Bare {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr: std::net::SocketAddr = std::env::args()
-        .nth(1)
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let addr: std::net::SocketAddr = args
+        .next()
         .unwrap_or_else(|| "127.0.0.1:9393".to_owned())
         .parse()?;
+    let runtime = match args.next().as_deref() {
+        None => tokio::runtime::Runtime::new()?,
+        Some("fifo") => arbiter::server::runtime()?,
+        Some(other) => return Err(format!("unknown runtime {other:?}: only `fifo`").into()),
+    };
+    runtime.block_on(serve(addr))
+}
+
+async fn serve(addr: std::net::SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tonic::transport::Server::builder()
         .add_service(AuthorizationServer::new(Bare).max_decoding_message_size(4 * 1024 * 1024))

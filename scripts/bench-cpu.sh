@@ -5,9 +5,9 @@
 #
 #   scripts/bench-cpu.sh [rounds=3] [seconds=8]
 #
-# Targets as in bench-h2load.sh: bare, allow, zero-trust (and the same
+# Targets as in bench-h2load.sh: bare, bare-fifo, allow, zero-trust (and the same
 # zero-trust policy without its net.cidr_contains line, `zero-trust-nocidr`,
-# to price the built-in the VM answers through a host call).
+# to price the network check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +34,10 @@ run_one() {
     case $name in
         bare)
             target/release/examples/bare_ext_authz 127.0.0.1:9191 > "$out/$name.log" 2>&1 &
+            frame=$out/allow.bin
+            ;;
+        bare-fifo)
+            target/release/examples/bare_ext_authz 127.0.0.1:9191 fifo > "$out/$name.log" 2>&1 &
             frame=$out/allow.bin
             ;;
         allow) target/release/arbiter serve --config benches/h2load/allow.toml > "$out/$name.log" 2>&1 &
@@ -72,7 +76,7 @@ PY
 
 : > "$out/runs.txt"
 for round in $(seq "$rounds"); do
-    for name in bare allow zero-trust zero-trust-nocidr; do
+    for name in bare bare-fifo allow zero-trust zero-trust-nocidr; do
         run_one "$name" | tee -a "$out/runs.txt"
     done
     echo "-- round $round done" >&2

@@ -86,10 +86,7 @@ fn main() -> ExitCode {
 fn serve(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
     arbiter::telemetry::init_logging(&config.log)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = arbiter::server::runtime().context("cannot start the async runtime")?;
     runtime.block_on(arbiter::run(config))?;
     Ok(ExitCode::SUCCESS)
 }

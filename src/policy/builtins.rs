@@ -21,7 +21,8 @@ type BuiltinFn = fn(Vec<Value>) -> anyhow::Result<Value>;
 
 /// Every built-in here: its Rego name, how many arguments it takes, and
 /// the function. The interpreter gets them as extensions; the bytecode VM
-/// suspends on them (HostAwait) and [`call`] answers.
+/// calls those of [`VM_NATIVE`] as its own and suspends on the others
+/// (HostAwait), which [`call`] answers.
 pub const BUILTINS: [(&str, usize, BuiltinFn); 19] = [
     ("io.jwt.decode", 1, decode),
     ("io.jwt.decode_verify", 2, decode_verify),
@@ -71,6 +72,31 @@ pub const BUILTINS: [(&str, usize, BuiltinFn); 19] = [
         super::net::cidr_contains_matches,
     ),
 ];
+
+/// A built-in as regorus's bytecode VM calls it.
+pub type VmBuiltin = regorus::unstable::BuiltinFcn;
+
+/// The built-ins here that the VM's compiler also knows by name. It
+/// compiles their calls as calls of its own built-in, which need no
+/// suspension, and [`vm_native`] gives the VM Arbiter's function for them.
+pub const VM_NATIVE: [(&str, VmBuiltin); 1] = [("net.cidr_contains", (vm_cidr_contains, 2))];
+
+/// Arbiter's function for the VM built-in `name`, if it replaces the VM's own.
+pub fn vm_native(name: &str) -> Option<VmBuiltin> {
+    VM_NATIVE
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, builtin)| *builtin)
+}
+
+fn vm_cidr_contains(
+    _: &regorus::unstable::Span,
+    _: &[regorus::unstable::Ref<regorus::unstable::Expr>],
+    args: &[Value],
+    _strict: bool,
+) -> anyhow::Result<Value> {
+    Ok(super::net::cidr_contains(args.to_vec()).unwrap_or(Value::Undefined))
+}
 
 /// Registers every built-in here on `engine`.
 ///

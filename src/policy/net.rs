@@ -32,14 +32,14 @@ pub fn cidr_contains(args: Vec<Value>) -> anyhow::Result<Value> {
     let (Some(a), Some(b)) = (args.first(), args.get(1)) else {
         bail!("net.cidr_contains: two operands required");
     };
-    let cidr = parse_cidr(&string(a, "net.cidr_contains: operand 1")?)?;
-    let candidate = parse_net(&string(b, "net.cidr_contains: operand 2")?)?;
+    let cidr = parse_cidr(string(a, "net.cidr_contains: operand 1")?)?;
+    let candidate = parse_net(string(b, "net.cidr_contains: operand 2")?)?;
     Ok(Value::from(cidr.contains(&candidate)))
 }
 
-fn string(value: &Value, what: &str) -> anyhow::Result<String> {
+fn string<'a>(value: &'a Value, what: &str) -> anyhow::Result<&'a str> {
     match value {
-        Value::String(s) => Ok(s.to_string()),
+        Value::String(s) => Ok(s),
         _ => bail!("{what} must be a string"),
     }
 }
@@ -49,8 +49,8 @@ pub fn cidr_intersects(args: Vec<Value>) -> anyhow::Result<Value> {
     let (Some(a), Some(b)) = (args.first(), args.get(1)) else {
         bail!("net.cidr_intersects: two operands required");
     };
-    let a = parse_cidr(&string(a, "net.cidr_intersects: operand 1")?)?;
-    let b = parse_cidr(&string(b, "net.cidr_intersects: operand 2")?)?;
+    let a = parse_cidr(string(a, "net.cidr_intersects: operand 1")?)?;
+    let b = parse_cidr(string(b, "net.cidr_intersects: operand 2")?)?;
     Ok(Value::from(
         a.contains(&b.network()) || b.contains(&a.network()),
     ))
@@ -66,7 +66,7 @@ pub fn cidr_merge(args: Vec<Value>) -> anyhow::Result<Value> {
     };
     let nets = items
         .into_iter()
-        .map(|v| parse_net(&string(v, "net.cidr_merge: element")?))
+        .map(|v| parse_net(string(v, "net.cidr_merge: element")?))
         .collect::<anyhow::Result<Vec<IpNet>>>()?;
     let merged: BTreeSet<Value> = IpNet::aggregate(&nets)
         .into_iter()

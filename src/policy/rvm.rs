@@ -4,9 +4,11 @@
 //! The program is compiled once per policy set, off the request path. Each
 //! thread that decides keeps a VM loaded with the program and data of the
 //! last set it served, and reloads it when a new set arrives. Arbiter's own
-//! built-ins (`io.jwt.*`, `net.cidr_*` additions) are not known to the VM:
-//! the compiler turns their calls into HostAwait suspensions, and the host
-//! answers them here with the same functions the interpreter calls.
+//! built-ins reach the VM two ways. Those the VM's compiler knows by name
+//! (`net.cidr_contains`) are compiled as its own built-ins, and the program
+//! is given Arbiter's function for them. The others (`io.jwt.*`, the
+//! `net.cidr_*` additions) the compiler turns into HostAwait suspensions,
+//! which the host answers here. Both run the functions the interpreter calls.
 //!
 //! The VM turns most errors inside a rule body into "the body failed",
 //! silently; what it does report (time and instruction limits, overflow)
@@ -83,6 +85,7 @@ impl CompiledDecision {
             .map_err(|e| e.to_string())?;
         let host_builtins: Vec<(&str, usize)> = builtins::BUILTINS
             .iter()
+            .filter(|(name, _, _)| builtins::vm_native(name).is_none())
             .map(|(name, arity, _)| (*name, *arity))
             .collect();
         // The VM compiler is young: should it panic on some policy, that
@@ -92,6 +95,7 @@ impl CompiledDecision {
         }))
         .map_err(|_| "the bytecode VM compiler failed on this policy".to_owned())?
         .map_err(|e| one_line(&e.to_string()))?;
+        let program = with_native_builtins(program)?;
         let decision = Self {
             id: NEXT_PROGRAM_ID.fetch_add(1, Ordering::Relaxed),
             suspendable: program.has_host_await(),
@@ -211,6 +215,38 @@ impl CompiledDecision {
             vm.resume(Some(answer)).map_err(classify)?;
         }
     }
+}
+
+/// The program with Arbiter's function in place of the VM's own for every
+/// built-in of [`builtins::VM_NATIVE`] it calls.
+fn with_native_builtins(program: Arc<Program>) -> Result<Arc<Program>, String> {
+    let calls_one = program
+        .builtin_info_table
+        .iter()
+        .any(|info| builtins::vm_native(&info.name).is_some());
+    if !calls_one {
+        return Ok(program);
+    }
+    let mut program = Arc::unwrap_or_clone(program);
+    if program.resolved_builtins.len() != program.builtin_info_table.len() {
+        return Err("the bytecode VM compiler left built-ins unresolved".to_owned());
+    }
+    for (info, resolved) in program
+        .builtin_info_table
+        .iter()
+        .zip(program.resolved_builtins.iter_mut())
+    {
+        if let Some(native) = builtins::vm_native(&info.name) {
+            if u16::from(native.1) != info.num_args {
+                return Err(format!(
+                    "the bytecode VM calls {} with {} arguments, Arbiter's takes {}",
+                    info.name, info.num_args, native.1
+                ));
+            }
+            *resolved = native;
+        }
+    }
+    Ok(Arc::new(program))
 }
 
 /// The first import of a whole package (`import data.lib.util`, then
