@@ -3,6 +3,8 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
+# The build flags (the runtime's scheduler setting needs one).
+COPY .cargo .cargo
 COPY proto proto
 COPY src src
 COPY benches benches

@@ -164,28 +164,49 @@ impl Pipeline {
         decision
     }
 
+    // `check`, `decide` and `decide_forwarded` return the decision's future
+    // rather than await it: an `async fn` around it would hold the request
+    // a second time and add its size to a state machine that is moved.
+
     /// Decides one CheckRequest: total, never an error.
-    pub async fn check(&self, request: CheckRequest) -> CheckResponse {
-        self.decide(request, false).await.response
+    pub fn check(&self, request: CheckRequest) -> impl Future<Output = CheckResponse> + Send + '_ {
+        self.decide_parsed_with(request, false, &self.parse_options)
+            .map(|checked| checked.response)
     }
 
     /// Decides one CheckRequest and, when `keep_input` is set, also returns
     /// the input document the policy saw (for `arbiter test` and `eval`).
-    pub async fn decide(&self, request: CheckRequest, keep_input: bool) -> Checked {
+    pub fn decide(
+        &self,
+        request: CheckRequest,
+        keep_input: bool,
+    ) -> impl Future<Output = Checked> + Send + '_ {
         self.decide_parsed_with(request, keep_input, &self.parse_options)
-            .await
     }
 
     /// As [`Pipeline::decide`], for a request a trusted proxy forwarded
     /// (forward-auth): its `X-Forwarded-For` is walked with loopback trusted.
-    pub async fn decide_forwarded(&self, request: CheckRequest) -> Checked {
-        self.decide_parsed_with(request, false, &self.forwarded_options)
-            .await
-    }
-
-    async fn decide_parsed_with(
+    pub fn decide_forwarded(
         &self,
         request: CheckRequest,
+    ) -> impl Future<Output = Checked> + Send + '_ {
+        self.decide_parsed_with(request, false, &self.forwarded_options)
+    }
+
+    fn decide_parsed_with<'a>(
+        &'a self,
+        request: CheckRequest,
+        keep_input: bool,
+        options: &'a Arc<ParseOptions>,
+    ) -> impl Future<Output = Checked> + Send + 'a {
+        // The request and its context on the heap: held in the decision's
+        // state machine, they would be copied with it each time it moves.
+        self.decide_boxed(Box::new(request), keep_input, options)
+    }
+
+    async fn decide_boxed(
+        &self,
+        request: Box<CheckRequest>,
         keep_input: bool,
         options: &Arc<ParseOptions>,
     ) -> Checked {
@@ -193,10 +214,12 @@ impl Pipeline {
         // Taken once: the request finishes on this set even if a reload swaps another in.
         let policies = self.policies.load_full();
         let parsed = if body_len(&request) < self.lane_body_bytes {
-            Ok(RequestContext::from_check(request, options))
+            Ok(Box::new(RequestContext::from_check(*request, options)))
         } else {
             // Boxed: only a large body takes this path.
-            Box::pin(self.parse_in_lane(request, options)).await
+            Box::pin(self.parse_in_lane(*request, options))
+                .await
+                .map(Box::new)
         };
         let ctx = match parsed {
             Ok(ctx) => ctx,
@@ -342,6 +365,19 @@ impl Pipeline {
         if !timed_out || self.inline_budget >= self.eval_timeout {
             return Ok(inline);
         }
+        drop(inline);
+        // Boxed: only a slow evaluation takes this path.
+        Box::pin(self.evaluate_in_lane(policies, input, started)).await
+    }
+
+    /// The evaluation again in the slow lane, with what remains of
+    /// `eval_timeout` since `started`.
+    async fn evaluate_in_lane(
+        &self,
+        policies: &Arc<PolicySet>,
+        input: regorus::Value,
+        started: Instant,
+    ) -> Result<crate::policy::Evaluation, lane::LaneFull> {
         let remaining = self.eval_timeout.saturating_sub(started.elapsed());
         let policies = Arc::clone(policies);
         let limit_ms = self.eval_timeout.as_millis();
@@ -437,18 +473,16 @@ impl Pipeline {
 
     /// Decides one CheckRequest under the shared limits: what every
     /// front door that speaks ext_authz calls.
-    pub async fn check_within_limits(
+    pub fn check_within_limits(
         &self,
         request: CheckRequest,
         caller_deadline: Option<Duration>,
-    ) -> CheckResponse {
-        // Boxed once here: moving the decision's large state machine
-        // through the limit and timeout wrappers cost more than the
-        // allocation.
+    ) -> impl Future<Output = CheckResponse> + Send + '_ {
+        // Boxed: the limit and timeout wrappers would otherwise hold the
+        // decision's state machine twice over.
         self.within_limits(caller_deadline, Box::pin(self.check(request)), |reason| {
             self.undecided(reason).response
         })
-        .await
     }
 }
 

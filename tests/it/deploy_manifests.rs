@@ -159,6 +159,11 @@ fn dockerfile_is_multi_stage_small_and_non_root() {
             "the build stage needs workspace member {member}"
         );
     }
+    // The build flags: without them the image's runtime keeps the LIFO slot.
+    assert!(
+        text.lines().any(|l| l == "COPY .cargo .cargo"),
+        "the build stage needs .cargo/config.toml"
+    );
 }
 
 const ENVOY_CONFIGS: [&str; 3] = [
