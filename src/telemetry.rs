@@ -133,39 +133,106 @@ const DECISION_QUEUE: usize = 16_384;
 /// in batches, and a decision never wakes a thread.
 const DECISION_FLUSH_INTERVAL: Duration = Duration::from_millis(5);
 
-/// One decision line, owned, on its way to the writer thread; its JSON form
-/// is the same as `tracing`'s JSON lines for the other logs.
-#[derive(serde::Serialize)]
+/// The text fields of a decision line, in the order they are written.
+const LINE_FIELDS: [&str; 12] = [
+    "decision_id",
+    "revision",
+    "reason",
+    "method",
+    "host",
+    "path",
+    "source_address",
+    "source_principal",
+    "subject",
+    "provider",
+    "device_id",
+    "error",
+];
+
+/// One decision line on its way to the writer thread. Its text fields
+/// ([`LINE_FIELDS`]) share one string, so a decision allocates once for
+/// its line; the writer formats it. Its JSON form is that of `tracing`'s
+/// JSON lines for the other logs.
 struct DecisionLine {
-    #[serde(serialize_with = "rfc3339")]
     timestamp: std::time::SystemTime,
-    level: &'static str,
-    message: &'static str,
-    target: &'static str,
-    decision_id: String,
-    revision: String,
-    result: &'static str,
-    reason: String,
+    allowed: bool,
     dry_run: bool,
     http_status: u16,
-    method: String,
-    host: String,
-    path: String,
-    source_address: String,
-    source_principal: String,
-    subject: String,
-    provider: String,
-    device_id: String,
-    error: String,
     eval_us: u64,
     total_us: u64,
+    text: String,
+    /// Where each of [`LINE_FIELDS`] ends in `text`.
+    ends: [usize; LINE_FIELDS.len()],
 }
 
-fn rfc3339<S: serde::Serializer>(at: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    let text = time::OffsetDateTime::from(*at)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    s.serialize_str(&text)
+impl DecisionLine {
+    /// The text fields, named.
+    fn fields(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        let starts = std::iter::once(0).chain(self.ends);
+        LINE_FIELDS
+            .into_iter()
+            .zip(starts.zip(self.ends))
+            .map(|(name, (start, end))| (name, self.text.get(start..end).unwrap_or_default()))
+    }
+
+    fn result(&self) -> &'static str {
+        if self.allowed { "allow" } else { "deny" }
+    }
+
+    /// Appends the line as JSON and a newline to `out`.
+    fn write_json(&self, out: &mut Vec<u8>, clock: &mut SecondClock) {
+        use std::io::Write as _;
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        clock.write_rfc3339(self.timestamp, out);
+        out.extend_from_slice(
+            b"\",\"level\":\"INFO\",\"message\":\"decision\",\"target\":\"arbiter::decision\"",
+        );
+        for (name, value) in self.fields() {
+            let _ = write!(out, ",\"{name}\":");
+            // A string always serializes.
+            let _ = serde_json::to_writer(&mut *out, value);
+            if name == "reason" {
+                let _ = write!(
+                    out,
+                    ",\"result\":\"{}\",\"dry_run\":{},\"http_status\":{}",
+                    self.result(),
+                    self.dry_run,
+                    self.http_status
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            ",\"eval_us\":{},\"total_us\":{}}}",
+            self.eval_us, self.total_us
+        );
+    }
+}
+
+/// RFC 3339 UTC timestamps, with the date and time of day formatted once a
+/// second: the writer thread stamps every line.
+#[derive(Default)]
+struct SecondClock {
+    second: Option<u64>,
+    prefix: String,
+}
+
+impl SecondClock {
+    fn write_rfc3339(&mut self, at: std::time::SystemTime, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        let since_epoch = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let second = since_epoch.as_secs();
+        if self.second != Some(second) {
+            let whole = std::time::UNIX_EPOCH + Duration::from_secs(second);
+            let text = time::OffsetDateTime::from(whole)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            // `2026-12-05T20:50:01Z`: kept without its zone, the fraction goes between.
+            self.prefix = text.trim_end_matches('Z').to_owned();
+            self.second = Some(second);
+        }
+        let _ = write!(out, "{}.{:06}Z", self.prefix, since_epoch.subsec_micros());
+    }
 }
 
 /// Where the writer thread puts decision lines.
@@ -206,6 +273,7 @@ impl Sink {
         &mut self,
         lines: &std::sync::mpsc::Receiver<DecisionLine>,
         buf: &mut Vec<u8>,
+        clock: &mut SecondClock,
     ) -> (u64, bool) {
         use std::sync::mpsc::TryRecvError;
         let mut written = 0;
@@ -213,11 +281,7 @@ impl Sink {
             match lines.try_recv() {
                 Ok(line) => {
                     match self {
-                        Self::Json(_) => {
-                            if serde_json::to_writer(&mut *buf, &line).is_ok() {
-                                buf.push(b'\n');
-                            }
-                        }
+                        Self::Json(_) => line.write_json(buf, clock),
                         Self::Text => line.emit(),
                         Self::Discard => {}
                     }
@@ -239,23 +303,29 @@ impl Sink {
 
 impl DecisionLine {
     fn emit(&self) {
+        let mut fields = self.fields().map(|(_, value)| value);
+        let mut next = || fields.next().unwrap_or_default();
+        let (decision_id, revision, reason, method, host, path) =
+            (next(), next(), next(), next(), next(), next());
+        let (source_address, source_principal, subject, provider, device_id, error) =
+            (next(), next(), next(), next(), next(), next());
         tracing::info!(
             target: "arbiter::decision",
-            decision_id = %self.decision_id,
-            revision = %self.revision,
-            result = self.result,
-            reason = %self.reason,
+            decision_id = %decision_id,
+            revision = %revision,
+            result = self.result(),
+            reason = %reason,
             dry_run = self.dry_run,
             http_status = self.http_status,
-            method = %self.method,
-            host = %self.host,
-            path = %self.path,
-            source_address = %self.source_address,
-            source_principal = %self.source_principal,
-            subject = %self.subject,
-            provider = %self.provider,
-            device_id = %self.device_id,
-            error = %self.error,
+            method = %method,
+            host = %host,
+            path = %path,
+            source_address = %source_address,
+            source_principal = %source_principal,
+            subject = %subject,
+            provider = %provider,
+            device_id = %device_id,
+            error = %error,
             eval_us = self.eval_us,
             total_us = self.total_us,
             "decision"
@@ -288,10 +358,11 @@ impl DecisionLog {
             .name("decision-log".into())
             .spawn(move || {
                 let mut buf = Vec::with_capacity(64 * 1024);
+                let mut clock = SecondClock::default();
                 // Ends once the DecisionLog is dropped and the queue is empty.
                 loop {
                     std::thread::sleep(DECISION_FLUSH_INTERVAL);
-                    let (n, closed) = sink.drain(&lines, &mut buf);
+                    let (n, closed) = sink.drain(&lines, &mut buf, &mut clock);
                     written.fetch_sub(n, Ordering::Release);
                     if closed {
                         return;
@@ -331,11 +402,11 @@ impl DecisionLog {
         draw < self.allow_sample_rate
     }
 
-    fn field(&self, name: &str, value: &str) -> String {
+    fn field<'a>(&self, name: &str, value: &'a str) -> &'a str {
         if self.mask.iter().any(|m| m.as_str() == name) {
-            "[masked]".to_owned()
+            "[masked]"
         } else {
-            value.to_owned()
+            value
         }
     }
 
@@ -355,32 +426,34 @@ impl DecisionLog {
         {
             return;
         }
+        let values: [&str; LINE_FIELDS.len()] = [
+            &record.decision_id,
+            request.revision,
+            record.deny_reason.as_ref().map_or("", |r| r.as_str()),
+            self.field("method", request.method),
+            self.field("host", request.host),
+            self.field("path", request.path),
+            self.field("source_address", request.source_address),
+            self.field("source_principal", request.source_principal),
+            self.field("subject", request.subject),
+            self.field("provider", request.provider),
+            self.field("device_id", request.device_id),
+            self.field("error", record.error.as_deref().unwrap_or("")),
+        ];
+        let mut text = String::with_capacity(values.iter().map(|v| v.len()).sum());
+        let ends = values.map(|value| {
+            text.push_str(value);
+            text.len()
+        });
         let line = DecisionLine {
             timestamp: std::time::SystemTime::now(),
-            level: "INFO",
-            message: "decision",
-            target: DECISION_TARGET,
-            decision_id: record.decision_id.clone(),
-            revision: request.revision.to_owned(),
-            result: if record.allowed { "allow" } else { "deny" },
-            reason: record
-                .deny_reason
-                .as_ref()
-                .map(|r| r.as_str().to_owned())
-                .unwrap_or_default(),
+            allowed: record.allowed,
             dry_run: record.dry_run,
             http_status: record.http_status.unwrap_or(0),
-            method: self.field("method", request.method),
-            host: self.field("host", request.host),
-            path: self.field("path", request.path),
-            source_address: self.field("source_address", request.source_address),
-            source_principal: self.field("source_principal", request.source_principal),
-            subject: self.field("subject", request.subject),
-            provider: self.field("provider", request.provider),
-            device_id: self.field("device_id", request.device_id),
-            error: self.field("error", record.error.as_deref().unwrap_or("")),
             eval_us: u64::try_from(eval.as_micros()).unwrap_or(u64::MAX),
             total_us: u64::try_from(total.as_micros()).unwrap_or(u64::MAX),
+            text,
+            ends,
         };
         self.pending.fetch_add(1, Ordering::AcqRel);
         if self.queue.try_send(line).is_err() {
@@ -644,7 +717,7 @@ impl DecisionLog {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "tests")]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests")]
 mod tests {
     use super::*;
     use crate::decision::DenyReason;
@@ -718,6 +791,59 @@ mod tests {
             && l["result"] == "deny"
             && l["reason"] == "policy_undefined"
             && l["timestamp"].as_str().is_some_and(|t| t.ends_with('Z'))));
+    }
+
+    /// Every field of a line, whatever its text (quotes, backslashes,
+    /// control characters, newlines, non-ASCII), reads back from one line of
+    /// JSON; the timestamp is RFC 3339 in UTC to the microsecond, across a
+    /// second's boundary.
+    #[test]
+    fn a_decision_line_is_one_line_of_json_with_every_field() {
+        let hostile = "q\"uote\\back\nline\u{1}ctl\u{7f}é/\u{2028}";
+        let values: [String; LINE_FIELDS.len()] =
+            std::array::from_fn(|i| format!("{}-{hostile}", LINE_FIELDS[i]));
+        let mut text = String::new();
+        let ends = std::array::from_fn(|i| {
+            text.push_str(&values[i]);
+            text.len()
+        });
+        let mut clock = SecondClock::default();
+        let mut out = Vec::new();
+        let at = std::time::UNIX_EPOCH + Duration::from_micros(1_796_496_578_999_999);
+        for (at, stamp) in [
+            (at, "2026-12-05T18:49:38.999999Z"),
+            (at + Duration::from_micros(2), "2026-12-05T18:49:39.000001Z"),
+        ] {
+            let line = DecisionLine {
+                timestamp: at,
+                allowed: false,
+                dry_run: true,
+                http_status: 403,
+                eval_us: 12,
+                total_us: 34,
+                text: text.clone(),
+                ends,
+            };
+            out.clear();
+            line.write_json(&mut out, &mut clock);
+            let written = String::from_utf8(out.clone()).unwrap();
+            assert_eq!(written.matches('\n').count(), 1, "{written}");
+            assert!(written.ends_with('\n'));
+            let json: serde_json::Value = serde_json::from_str(&written).unwrap();
+            assert_eq!(json["timestamp"], stamp);
+            for (name, value) in LINE_FIELDS.iter().zip(&values) {
+                assert_eq!(json[name], value.as_str(), "{name}");
+            }
+            assert_eq!(json["level"], "INFO");
+            assert_eq!(json["message"], "decision");
+            assert_eq!(json["target"], DECISION_TARGET);
+            assert_eq!(json["result"], "deny");
+            assert_eq!(json["dry_run"], true);
+            assert_eq!(json["http_status"], 403);
+            assert_eq!(json["eval_us"], 12);
+            assert_eq!(json["total_us"], 34);
+            assert_eq!(json.as_object().unwrap().len(), LINE_FIELDS.len() + 9);
+        }
     }
 
     struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
