@@ -165,7 +165,7 @@ pub fn build_reading(
         doc.insert("parsed_path", Value::from(segments));
     }
     if wants("parsed_query") {
-        doc.insert("parsed_query", query_to_value(&ctx.query));
+        doc.insert("parsed_query", query_to_value(ctx.query()));
     }
     let (parsed, truncated) = match &ctx.body {
         ParsedBody::Parsed(value) => (value.clone(), false),
@@ -291,7 +291,7 @@ fn source(ctx: &RequestContext, reads: &InputPaths) -> Value {
         o.insert("trusted_hops", Value::from(s.trusted_hops));
     }
     if wants("principal") {
-        o.insert("principal", principal(ctx.source_principal.as_ref()));
+        o.insert("principal", principal(ctx.source_principal()));
     }
     o.into_value()
 }
@@ -317,7 +317,7 @@ fn destination(ctx: &RequestContext) -> Value {
         _ => None,
     });
     o.insert("port", port.map_or(Value::Null, Value::from));
-    o.insert("principal", principal(ctx.destination_principal.as_ref()));
+    o.insert("principal", principal(ctx.destination_principal()));
     o.into_value()
 }
 

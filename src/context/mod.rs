@@ -9,6 +9,7 @@ pub mod source;
 pub mod spiffe;
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
 use ipnet::IpNet;
 use percent_encoding::percent_decode_str;
@@ -28,7 +29,7 @@ pub struct ParseOptions {
     /// Proxies whose `X-Forwarded-For` entries are believed.
     pub trusted_proxies: Vec<IpNet>,
     /// SPIFFE trust domains whose IDs are marked trusted.
-    pub trust_domains: Vec<String>,
+    pub trust_domains: Arc<[String]>,
 }
 
 impl ParseOptions {
@@ -36,7 +37,7 @@ impl ParseOptions {
         Self {
             skip_body: config.policy.skip_request_body_parse,
             trusted_proxies: config.context.trusted_proxies.clone(),
-            trust_domains: config.context.trust_domains.clone(),
+            trust_domains: config.context.trust_domains.as_slice().into(),
         }
     }
 
@@ -64,16 +65,19 @@ pub const LOOPBACK: [IpNet; 2] = [
     )),
 ];
 
-/// One CheckRequest, parsed once at the edge.
+/// One CheckRequest, parsed once at the edge. The query and the peers'
+/// principals only the input document reads: they are parsed the first
+/// time it asks, which is never for a policy that does not read them.
 #[derive(Debug)]
 pub struct RequestContext {
     pub attributes: AttributeContext,
     pub path: ParsedPath,
-    pub query: ParsedQuery,
     pub body: ParsedBody,
     pub source: Source,
-    pub source_principal: Option<Principal>,
-    pub destination_principal: Option<Principal>,
+    trust_domains: Arc<[String]>,
+    query: OnceLock<ParsedQuery>,
+    source_principal: OnceLock<Option<Principal>>,
+    destination_principal: OnceLock<Option<Principal>>,
 }
 
 impl RequestContext {
@@ -83,7 +87,7 @@ impl RequestContext {
         let attributes = request.attributes.unwrap_or_default();
         let http = attributes.request.as_ref().and_then(|r| r.http.as_ref());
         let target = http.map(|h| h.path.as_str()).unwrap_or_default();
-        let (raw_path, raw_query) = split_target(target);
+        let (raw_path, _) = split_target(target);
         let body = match http {
             Some(http) if !options.skip_body => parse_body(http),
             _ => ParsedBody::None,
@@ -91,24 +95,49 @@ impl RequestContext {
         let (peer, peer_port) = peer_address(attributes.source.as_ref());
         let xff = http.and_then(|h| header(h, "x-forwarded-for"));
         let source = source::resolve(peer, peer_port, xff, &options.trusted_proxies);
-        let principal = |peer: Option<&Peer>| {
-            let peer = peer?;
-            let id = if peer.principal.is_empty() {
-                spiffe::uri_san_from_certificate(&peer.certificate)?
-            } else {
-                peer.principal.clone()
-            };
-            Some(Principal::new(&id, &options.trust_domains))
-        };
         Self {
             path: ParsedPath::parse(raw_path),
-            query: ParsedQuery::parse(raw_query),
             body,
             source,
-            source_principal: principal(attributes.source.as_ref()),
-            destination_principal: principal(attributes.destination.as_ref()),
+            trust_domains: Arc::clone(&options.trust_domains),
+            query: OnceLock::new(),
+            source_principal: OnceLock::new(),
+            destination_principal: OnceLock::new(),
             attributes,
         }
+    }
+
+    /// The query string of the request target, parsed.
+    pub fn query(&self) -> &ParsedQuery {
+        self.query.get_or_init(|| {
+            let target = self.http().map(|h| h.path.as_str()).unwrap_or_default();
+            ParsedQuery::parse(split_target(target).1)
+        })
+    }
+
+    /// The principal of the peer that sent the request to Envoy (its mTLS
+    /// identity), if Envoy reported one.
+    pub fn source_principal(&self) -> Option<&Principal> {
+        self.source_principal
+            .get_or_init(|| self.principal(self.attributes.source.as_ref()))
+            .as_ref()
+    }
+
+    /// The principal Envoy itself presented on the connection.
+    pub fn destination_principal(&self) -> Option<&Principal> {
+        self.destination_principal
+            .get_or_init(|| self.principal(self.attributes.destination.as_ref()))
+            .as_ref()
+    }
+
+    fn principal(&self, peer: Option<&Peer>) -> Option<Principal> {
+        let peer = peer?;
+        let id = if peer.principal.is_empty() {
+            spiffe::uri_san_from_certificate(&peer.certificate)?
+        } else {
+            peer.principal.clone()
+        };
+        Some(Principal::new(&id, &self.trust_domains))
     }
 
     /// The HTTP request attributes, if Envoy sent any.

@@ -46,10 +46,23 @@ impl PolicyOutcome {
                 ..Self::default()
             }),
             Value::Object(ref object) => {
+                // Read in one pass over the object: a lookup by name would
+                // allocate each name as a `Value`.
+                let mut found: [Option<&Value>; RESULT_FIELDS.len()] = [None; RESULT_FIELDS.len()];
+                for (key, value) in object.iter() {
+                    if let Value::String(key) = key
+                        && let Some(i) = RESULT_FIELDS.iter().position(|f| **f == **key)
+                        && let Some(slot) = found.get_mut(i)
+                        && *value != Value::Undefined
+                    {
+                        *slot = Some(value);
+                    }
+                }
                 let field = |name: &str| {
-                    object
-                        .get(&Value::from(name))
-                        .filter(|v| *v != &Value::Undefined)
+                    RESULT_FIELDS
+                        .iter()
+                        .position(|f| *f == name)
+                        .and_then(|i| found.get(i).copied().flatten())
                 };
                 let allowed = match field("allowed") {
                     Some(Value::Bool(b)) => *b,
@@ -124,6 +137,20 @@ impl PolicyOutcome {
         }
     }
 }
+
+/// The fields of a decision object that Arbiter reads.
+const RESULT_FIELDS: [&str; 10] = [
+    "allowed",
+    "headers",
+    "request_headers_to_remove",
+    "response_headers_to_add",
+    "query_parameters_to_set",
+    "query_parameters_to_remove",
+    "body",
+    "http_status",
+    "dynamic_metadata",
+    "reason",
+];
 
 fn invalid(message: String) -> PolicyError {
     PolicyError::InvalidResult { message }
