@@ -116,26 +116,29 @@ PY
 
 # Latency: the zero-trust decision at half its median rate, and at 25,000/s
 # (half the issue's 50,000/s), 8 clients each at a fixed rate with up to 4
-# requests in flight.
+# requests in flight (h2load sends each client's due requests together, so
+# they arrive in bursts of up to 32), and at 25,000/s with one request in
+# flight per client.
 latency_at() {
-    local rate=$1
+    local rate=$1 in_flight=${2:-4}
     target/release/arbiter serve --config benches/h2load/zero-trust.toml > "$out/latency.log" 2>&1 &
     server_pid=$!
     wait_for http://127.0.0.1:8181/readyz latency
     rm -f "$out/latency.txt"
-    h2load -c 8 -m 4 -t 1 --rps $((rate / 8)) -D "$seconds" --warm-up-time=2 --log-file="$out/latency.txt" \
+    h2load -c 8 -m "$in_flight" -t 1 --rps $((rate / 8)) -D "$seconds" --warm-up-time=2 --log-file="$out/latency.txt" \
         -H 'content-type: application/grpc' -H 'te: trailers' -d "$out/zero-trust.bin" \
         http://127.0.0.1:9191/envoy.service.auth.v3.Authorization/Check > /dev/null
     stop_server
-    python3 - "$out/latency.txt" "$rate" << 'PY'
+    python3 - "$out/latency.txt" "$rate" "$in_flight" << 'PY'
 import sys
 times = sorted(int(line.split()[2]) for line in open(sys.argv[1]) if line.strip())
 n = len(times)
 q = lambda p: times[min(n - 1, int(n * p))] / 1000
-print(f"zero-trust at {int(sys.argv[2]):,}/s: {n:,} requests, p50 {q(0.5):.2f} ms, p99 {q(0.99):.2f} ms, p99.9 {q(0.999):.2f} ms, max {times[-1] / 1000:.2f} ms")
+print(f"zero-trust at {int(sys.argv[2]):,}/s, up to {sys.argv[3]} in flight per client: {n:,} requests, p50 {q(0.5):.2f} ms, p99 {q(0.99):.2f} ms, p99.9 {q(0.999):.2f} ms, max {times[-1] / 1000:.2f} ms")
 PY
 }
 half=$(awk '$1 == "zero-trust" { print $2 }' "$out/runs.txt" | sort -n |
     awk '{ r[NR] = $1 } END { printf "%d", r[int((NR + 1) / 2)] / 2 }')
 latency_at "$half"
 latency_at 25000
+latency_at 25000 1

@@ -191,14 +191,19 @@ impl DecisionLine {
             let _ = write!(out, ",\"{name}\":");
             // A string always serializes.
             let _ = serde_json::to_writer(&mut *out, value);
-            if name == "reason" {
-                let _ = write!(
-                    out,
-                    ",\"result\":\"{}\",\"dry_run\":{},\"http_status\":{}",
-                    self.result(),
-                    self.dry_run,
-                    self.http_status
-                );
+            // The order of the fields is that of the other logs' decision lines.
+            match name {
+                "revision" => {
+                    let _ = write!(out, ",\"result\":\"{}\"", self.result());
+                }
+                "reason" => {
+                    let _ = write!(
+                        out,
+                        ",\"dry_run\":{},\"http_status\":{}",
+                        self.dry_run, self.http_status
+                    );
+                }
+                _ => {}
             }
         }
         let _ = writeln!(
@@ -220,12 +225,30 @@ struct SecondClock {
 impl SecondClock {
     fn write_rfc3339(&mut self, at: std::time::SystemTime, out: &mut Vec<u8>) {
         use std::io::Write as _;
-        let since_epoch = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let Ok(since_epoch) = at.duration_since(std::time::UNIX_EPOCH) else {
+            // A clock set before 1970: rare enough to format whole.
+            let text = std::time::UNIX_EPOCH
+                .duration_since(at)
+                .ok()
+                .and_then(|before| time::Duration::try_from(before).ok())
+                .and_then(|before| time::OffsetDateTime::UNIX_EPOCH.checked_sub(before))
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default();
+            out.extend_from_slice(text.as_bytes());
+            return;
+        };
         let second = since_epoch.as_secs();
         if self.second != Some(second) {
-            let whole = std::time::UNIX_EPOCH + Duration::from_secs(second);
-            let text = time::OffsetDateTime::from(whole)
-                .format(&time::format_description::well_known::Rfc3339)
+            let text = i64::try_from(second)
+                .ok()
+                .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
                 .unwrap_or_default();
             // `2026-12-05T20:50:01Z`: kept without its zone, the fraction goes between.
             self.prefix = text.trim_end_matches('Z').to_owned();
@@ -843,7 +866,30 @@ mod tests {
             assert_eq!(json["eval_us"], 12);
             assert_eq!(json["total_us"], 34);
             assert_eq!(json.as_object().unwrap().len(), LINE_FIELDS.len() + 9);
+            // The order of the other logs' decision lines.
+            let order = [
+                "timestamp",
+                "level",
+                "message",
+                "target",
+                "decision_id",
+                "revision",
+                "result",
+                "reason",
+                "dry_run",
+                "http_status",
+                "method",
+            ];
+            let at: Vec<usize> = order
+                .iter()
+                .map(|key| written.find(&format!("\"{key}\":")).unwrap())
+                .collect();
+            assert!(at.windows(2).all(|w| w[0] < w[1]), "{written}");
         }
+        out.clear();
+        let before_1970 = std::time::UNIX_EPOCH - Duration::from_millis(1500);
+        clock.write_rfc3339(before_1970, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "1969-12-31T23:59:58.5Z");
     }
 
     struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);

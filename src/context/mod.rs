@@ -66,8 +66,9 @@ pub const LOOPBACK: [IpNet; 2] = [
 ];
 
 /// One CheckRequest, parsed once at the edge. The query and the peers'
-/// principals only the input document reads: they are parsed the first
-/// time it asks, which is never for a policy that does not read them.
+/// principals only the input document reads: they are parsed from
+/// `attributes` the first time it asks, which is never for a policy that
+/// does not read them (so `attributes` must not change after parsing).
 #[derive(Debug)]
 pub struct RequestContext {
     pub attributes: AttributeContext,

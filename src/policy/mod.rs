@@ -1026,6 +1026,38 @@ mod tests {
         Value::from_json_str(json).unwrap()
     }
 
+    /// `net.cidr_contains` alone leaves the program without host calls (it
+    /// runs to completion, the VM's fast mode), and still with OPA's
+    /// reading of IPv4-mapped addresses, not regorus's.
+    #[test]
+    fn net_cidr_contains_runs_on_the_vm_without_host_calls_and_as_opa() {
+        let text = "package envoy.authz\n\nallow := net.cidr_contains(input.cidr, input.ip)\n";
+        let policies = set(text).unwrap();
+        let compiled = policies.rvm.as_ref().unwrap();
+        assert!(!compiled.host_calls());
+        for (json, want) in [
+            (
+                r#"{"cidr": "10.0.0.0/8", "ip": "::ffff:10.1.2.3"}"#,
+                Value::from(true),
+            ),
+            (
+                r#"{"cidr": "::ffff:10.0.0.0/104", "ip": "10.1.2.3"}"#,
+                Value::from(true),
+            ),
+            (r#"{"cidr": "::/0", "ip": "10.1.2.3"}"#, Value::from(false)),
+            (
+                r#"{"cidr": "10.0.0.0/8", "ip": "010.1.2.3"}"#,
+                Value::Undefined,
+            ),
+            (r#"{"cidr": 10, "ip": "10.1.2.3"}"#, Value::Undefined),
+            (r#"{"cidr": "10.0.0.0/8", "ip": null}"#, Value::Undefined),
+            ("{}", Value::Undefined),
+        ] {
+            assert_eq!(compiled.evaluate(input(json)).unwrap(), want, "{json}");
+            assert_eq!(policies.interpret(input(json)).ok(), Some(want), "{json}");
+        }
+    }
+
     #[test]
     fn boolean_decision() {
         let policies =

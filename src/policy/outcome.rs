@@ -59,6 +59,7 @@ impl PolicyOutcome {
                     }
                 }
                 let field = |name: &str| {
+                    debug_assert!(RESULT_FIELDS.contains(&name), "{name} is not read");
                     RESULT_FIELDS
                         .iter()
                         .position(|f| *f == name)

@@ -110,6 +110,12 @@ impl CompiledDecision {
         Ok(decision)
     }
 
+    /// Whether the program suspends for Arbiter's built-ins (HostAwait).
+    #[cfg(test)]
+    pub(crate) fn host_calls(&self) -> bool {
+        self.suspendable
+    }
+
     fn new_vm(&self) -> Result<RegoVM, RvmError> {
         let mut vm = RegoVM::new();
         vm.load_program(Arc::clone(&self.program));
