@@ -14,7 +14,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(protos, ["proto"])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
 
+    // A request's headers, a dozen or so small strings decoded per request:
+    // a BTreeMap takes them with fewer allocations and no hashing.
+    let headers = ".envoy.service.auth.v3.AttributeContext.HttpRequest.headers";
     tonic_prost_build::configure()
+        .btree_map(headers)
         .build_server(true)
         .build_client(true)
         .compile_well_known_types(true)
@@ -30,6 +34,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     pbjson_build::Builder::new()
         .register_descriptors(&std::fs::read(&descriptor_path)?)?
+        // pbjson takes a message: HttpRequest's only map is its headers.
+        .btree_map([".envoy.service.auth.v3.AttributeContext.HttpRequest"])
         .out_dir(&out_dir)
         .build(&[".envoy", ".google.rpc"])?;
     Ok(())

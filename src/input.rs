@@ -9,7 +9,7 @@
 //! "pass_to_policy"` Arbiter adds `body_error` when a body of a supported
 //! type does not parse (by default such a request never reaches the policy).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use regorus::Value;
@@ -694,12 +694,17 @@ impl Obj {
         }
     }
 
-    fn string_map(&mut self, key: &str, map: &HashMap<String, String>) {
-        if !map.is_empty() {
-            let object: BTreeMap<Value, Value> = map
-                .iter()
-                .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())))
-                .collect();
+    /// A map of strings (a `HashMap` or a `BTreeMap`), left out when empty.
+    fn string_map<'a>(
+        &mut self,
+        key: &str,
+        map: impl IntoIterator<Item = (&'a String, &'a String)>,
+    ) {
+        let object: BTreeMap<Value, Value> = map
+            .into_iter()
+            .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())))
+            .collect();
+        if !object.is_empty() {
             self.insert(key, Value::from(object));
         }
     }

@@ -216,7 +216,7 @@ fn validate(request: &Map<String, Json>) -> Result<(), String> {
 /// The caller's verified token as `input.identity`, or the refusal of an
 /// invalid one (401; 503 when its provider's keys cannot be had).
 async fn caller(shared: &Shared, headers: &HeaderMap) -> Result<Json, (StatusCode, Json)> {
-    let forwarded: std::collections::HashMap<String, String> = headers
+    let forwarded: std::collections::BTreeMap<String, String> = headers
         .iter()
         .filter_map(|(name, value)| {
             Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))

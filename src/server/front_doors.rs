@@ -10,7 +10,7 @@
 //! - `/v1/data/...`, `/v0/data/...`, `/health`: OPA's REST Data API, for
 //!   applications that ask OPA today.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -251,7 +251,7 @@ fn check_request(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> CheckRequest {
-    let mut map: HashMap<String, String> = HashMap::new();
+    let mut map: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in headers {
         let value = String::from_utf8_lossy(value.as_bytes());
         map.entry(name.as_str().to_owned())
