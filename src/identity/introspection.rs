@@ -110,10 +110,12 @@ impl Introspector {
             tracing::warn!(provider = %self.config.name, status = %response.status(), "introspection endpoint failed");
             return Err(TokenError::IntrospectionUnavailable);
         }
-        let body = response
-            .bytes()
+        let body = super::jwks::read_limited(response, super::jwks::MAX_DOCUMENT_BYTES)
             .await
-            .map_err(|_| TokenError::IntrospectionUnavailable)?;
+            .map_err(|e| {
+                tracing::warn!(provider = %self.config.name, error = %e, "introspection answer refused");
+                TokenError::IntrospectionUnavailable
+            })?;
         let answer: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body)
             .map_err(|e| {
                 tracing::warn!(provider = %self.config.name, error = %e, "introspection answer is not a JSON object");

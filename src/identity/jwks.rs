@@ -20,7 +20,30 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use crate::config::{JwtProviderConfig, KeySource};
 
 /// Largest JWKS or discovery document accepted.
-const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+pub(super) const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+
+/// A response's body, refused past `max` bytes: by its length header, or
+/// as it arrives, so an endpoint cannot make Arbiter buffer without end.
+pub(super) async fn read_limited(
+    mut response: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, String> {
+    let too_large = || format!("document larger than {max} bytes");
+    if response
+        .content_length()
+        .is_some_and(|len| len > max as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        body.extend_from_slice(&chunk);
+        if body.len() > max {
+            return Err(too_large());
+        }
+    }
+    Ok(body)
+}
 /// Smallest RSA modulus accepted.
 const MIN_RSA_BITS: usize = 2048;
 
@@ -456,21 +479,7 @@ impl KeyStore {
             .get("cache-control")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_max_age);
-        if response
-            .content_length()
-            .is_some_and(|len| len > MAX_DOCUMENT_BYTES as u64)
-        {
-            return Err("document too large".into());
-        }
-        let mut body = Vec::new();
-        let mut response = response;
-        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-            body.extend_from_slice(&chunk);
-            if body.len() > MAX_DOCUMENT_BYTES {
-                return Err("document too large".into());
-            }
-        }
-        Ok((body, max_age))
+        Ok((read_limited(response, MAX_DOCUMENT_BYTES).await?, max_age))
     }
 
     async fn fetch_url(&self, url: &str, generation: u64) -> Result<KeySet, JwksError> {

@@ -70,6 +70,11 @@ impl AuthorizationServer {
                             "jti": t,
                         }),
                         Some("wrong-audience") => json!({"active": true, "sub": "x", "scope": "orders:read", "aud": "other"}),
+                        // An active answer padded past what Arbiter reads.
+                        Some("huge-answer") => json!({
+                            "active": true, "sub": "huge", "scope": "orders:read", "aud": "api",
+                            "exp": now() + 600, "padding": "x".repeat(2 * 1024 * 1024),
+                        }),
                         _ => json!({"active": false}),
                     };
                     (StatusCode::OK, answer.to_string())
@@ -170,6 +175,20 @@ async fn opaque_tokens_are_introspected_cached_and_fail_closed() {
         metric(&metrics, "arbiter_introspection_calls_total").unwrap() >= 5.0,
         "{metrics}"
     );
+    arbiter.running.shutdown().await;
+}
+
+/// An endpoint that answers with megabytes is not read to the end: the
+/// token is refused as if the endpoint were down, never allowed.
+#[tokio::test]
+async fn an_introspection_answer_past_the_size_limit_is_refused() {
+    let server = AuthorizationServer::start().await;
+    let (arbiter, _dir) = start(&server, "{}").await;
+    assert_eq!(
+        arbiter.bearer_reason("huge-answer").await.as_deref(),
+        Some("introspection_unavailable")
+    );
+    assert_eq!(arbiter.bearer_reason("live-alice").await, None);
     arbiter.running.shutdown().await;
 }
 
