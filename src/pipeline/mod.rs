@@ -132,6 +132,23 @@ impl Pipeline {
         }
     }
 
+    /// A verified device posture token that the policy data's revocation
+    /// list names is refused as the list refuses a user's (`token_revoked`).
+    fn device_revoked_by_data(
+        &self,
+        policies: &PolicySet,
+        device: crate::identity::DevicePosture,
+    ) -> crate::identity::DevicePosture {
+        use crate::identity::DevicePosture;
+        match (&device, policies.revocations()) {
+            (DevicePosture::Verified { token, .. }, Some(list)) if list.revokes(token) => {
+                self.authenticator.revocations().count_revoked();
+                DevicePosture::Rejected(crate::identity::TokenError::Revoked)
+            }
+            _ => device,
+        }
+    }
+
     /// The same pipeline with its decision log switched off, for commands
     /// whose standard output is their report.
     #[must_use]
@@ -258,10 +275,12 @@ impl Pipeline {
             ),
             _ => {
                 // Posture is verified only when the policy will see it.
-                let device = self
-                    .authenticator
-                    .device_posture(&ctx, &authentication)
-                    .await;
+                let device = self.device_revoked_by_data(
+                    &policies,
+                    self.authenticator
+                        .device_posture(&ctx, &authentication)
+                        .await,
+                );
                 device_id = device.device_id().map(str::to_owned);
                 let inventory = self
                     .inventory_path

@@ -197,7 +197,8 @@ async fn device_setup(policy: &str, extra: &str) -> DeviceSetup {
         users.display(),
         devices.display()
     );
-    let data = r#"{"devices": {"laptop-42": {"asset_tag": "A-1042", "owner": "alice"}}}"#;
+    let data = r#"{"devices": {"laptop-42": {"asset_tag": "A-1042", "owner": "alice"}},
+        "arbiter": {"revocation": {"tokens": ["revoked-posture"]}}}"#;
     let arbiter = TestArbiter::start(&[("p.rego", policy), ("data.json", data)], &toml).await;
     std::mem::forget(dir);
     DeviceSetup {
@@ -280,6 +281,16 @@ async fn verified_device_posture_bound_to_the_user() {
     // Missing: null.
     let device = device_seen(&s, &[("authorization", &alice)]).await;
     assert_eq!(device, serde_json::Value::Null);
+
+    // A posture token that the revocation list in the policy data names.
+    let revoked = posture(&s.device_key, json!({"jti": "revoked-posture"}));
+    let device = device_seen(
+        &s,
+        &[("authorization", &alice), ("x-device-posture", &revoked)],
+    )
+    .await;
+    assert_eq!(device["verified"], false, "{device}");
+    assert_eq!(device["error"], "token_revoked");
     s.arbiter.running.shutdown().await;
 }
 
