@@ -159,7 +159,15 @@ fn events(claims: &Map<String, Json>) -> Result<Vec<Revoked>, SetError> {
     if events.is_empty() {
         return Err(SetError::InvalidRequest("the SET has no events".into()));
     }
-    let issued = claims.get("iat").and_then(Json::as_u64);
+    // RFC 8417 §2.2 requires `iat`. Without it an event would have to
+    // revoke as of its arrival, and the same SET replayed later would
+    // revoke tokens issued after the event.
+    let issued = claims
+        .get("iat")
+        .and_then(Json::as_u64)
+        .ok_or_else(|| SetError::InvalidRequest("the SET has no iat".into()))?;
+    // A time ahead of ours would revoke tokens not yet issued.
+    let now = token::now();
     let mut revoked = Vec::new();
     for (kind, event) in events {
         if kind != SESSION_REVOKED && kind != CREDENTIAL_CHANGE {
@@ -175,8 +183,8 @@ fn events(claims: &Map<String, Json>) -> Result<Vec<Revoked>, SetError> {
         let before = event
             .get("event_timestamp")
             .and_then(Json::as_u64)
-            .or(issued)
-            .unwrap_or_else(token::now);
+            .unwrap_or(issued)
+            .min(now);
         if let Some(sid) = subject.get("sid").and_then(Json::as_str) {
             revoked.push(Revoked::Session(sid.to_owned()));
             continue;
@@ -236,11 +244,41 @@ mod tests {
                 },
             ]
         );
-        let unknown = claims(serde_json::json!({"events": {"https://example/other": {}}}));
+        let unknown =
+            claims(serde_json::json!({"iat": 100, "events": {"https://example/other": {}}}));
         assert!(matches!(events(&unknown), Err(SetError::InvalidRequest(_))));
-        let nameless = claims(
-            serde_json::json!({"events": {SESSION_REVOKED: {"subject": {"format": "phone"}}}}),
-        );
+        let nameless = claims(serde_json::json!({
+            "iat": 100,
+            "events": {SESSION_REVOKED: {"subject": {"format": "phone"}}}
+        }));
         assert!(events(&nameless).is_err());
+    }
+
+    /// A SET without `iat` is refused: its events would revoke as of their
+    /// arrival, and a replay would revoke tokens issued since. A time ahead
+    /// of Arbiter's clock revokes only tokens issued until now.
+    #[test]
+    fn events_revoke_as_of_their_time_never_as_of_arrival_or_later() {
+        let alice = serde_json::json!({"subject": {"format": "iss_sub", "iss": "https://idp", "sub": "alice"}});
+        let undated = claims(serde_json::json!({"events": {SESSION_REVOKED: alice}}));
+        assert!(matches!(events(&undated), Err(SetError::InvalidRequest(m)) if m.contains("iat")));
+        let ahead = serde_json::json!({
+            "subject": {"format": "iss_sub", "iss": "https://idp", "sub": "alice"},
+            "event_timestamp": token::now() + 3600,
+        });
+        let future = claims(serde_json::json!({"iat": 100, "events": {SESSION_REVOKED: ahead}}));
+        let got = events(&future).unwrap();
+        assert!(
+            matches!(got.as_slice(), [Revoked::Subject { before, .. }] if *before <= token::now()),
+            "{got:?}"
+        );
+        let dated = claims(serde_json::json!({"iat": 100, "events": {SESSION_REVOKED: alice}}));
+        assert_eq!(
+            events(&dated).unwrap(),
+            [Revoked::Subject {
+                subject: "alice".into(),
+                before: 100
+            }]
+        );
     }
 }
