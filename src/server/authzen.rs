@@ -70,6 +70,10 @@ async fn single(
     answer(shared, headers, StatusCode::OK, &decided.answer)
 }
 
+/// The most evaluations one batch may ask for: each is a decision, and a
+/// batch holds its connection until the last is made.
+pub const MAX_BATCH: usize = 1000;
+
 /// `POST /access/v1/evaluations`.
 pub async fn evaluations(
     State(shared): State<Arc<Shared>>,
@@ -112,6 +116,17 @@ pub async fn evaluations(
             );
         }
     };
+    if items.len() > MAX_BATCH {
+        return answer(
+            &shared,
+            &headers,
+            StatusCode::BAD_REQUEST,
+            &error(&format!(
+                "at most {MAX_BATCH} evaluations per request, got {}",
+                items.len()
+            )),
+        );
+    }
     // Without items, the request is one evaluation and answered as one.
     if items.is_empty() {
         return single(&shared, &headers, request, peer).await;

@@ -116,6 +116,21 @@ impl Todo {
         format!("http://{}{path}", self.running.http_addr.unwrap())
     }
 
+    /// Decisions made so far, from `/metrics`.
+    async fn metrics_decisions(&self) -> f64 {
+        let url = format!("http://{}/metrics", self.running.admin_addr);
+        let text = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        arbiter::metrics::sum_of(&text, "arbiter_decisions_total").unwrap_or(0.0)
+    }
+
     async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let response = self
             .http
@@ -295,6 +310,16 @@ async fn malformed_requests_are_400_and_the_request_id_is_echoed() {
         .await
         .unwrap();
     assert_eq!(broken.status(), 400);
+    // A batch past the limit is refused whole, before any decision.
+    let decided = todo.metrics_decisions().await;
+    let items: Vec<Value> = (0..=arbiter::server::authzen::MAX_BATCH)
+        .map(|_| json!({}))
+        .collect();
+    let mut batch = complete.clone();
+    batch["evaluations"] = Value::Array(items);
+    let (status, answer) = todo.post("/access/v1/evaluations", &batch).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(todo.metrics_decisions().await, decided);
     let configuration: Value = serde_json::from_str(
         &todo
             .http
