@@ -692,6 +692,21 @@ pub enum TokenLocation {
     Cookie { name: String },
 }
 
+impl TokenLocation {
+    /// Header names are matched as Envoy sends them: lower case.
+    fn lower_case_header(&mut self) {
+        if let Self::Header { name, .. } = self {
+            *name = name.to_ascii_lowercase();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Self::Header { name, .. } | Self::Cookie { name } => name.is_empty(),
+        }
+    }
+}
+
 impl Default for TokenLocation {
     fn default() -> Self {
         Self::Header {
@@ -1112,12 +1127,33 @@ impl Config {
             if p.fetch_timeout.is_zero() {
                 return Err(invalid("fetch_timeout", "must be positive".into()));
             }
-            let location_empty = match &p.from {
-                TokenLocation::Header { name, .. } | TokenLocation::Cookie { name } => {
-                    name.is_empty()
-                }
+            if p.from.is_empty() {
+                return Err(invalid(
+                    "from",
+                    "the header or cookie name must not be empty".into(),
+                ));
+            }
+        }
+        for (i, p) in self.identity.introspection.iter().enumerate() {
+            let invalid = |key: &str, message: String| ConfigError::Invalid {
+                path: format!("identity.introspection[{i}].{key} ({})", p.name),
+                message,
             };
-            if location_empty {
+            // A token's provider names the source that vouched for it, in
+            // the input and the logs: one name, one source.
+            if p.name.is_empty() || !names.insert(p.name.clone()) {
+                return Err(invalid(
+                    "name",
+                    "must be present and unique across providers".into(),
+                ));
+            }
+            if !(p.endpoint.starts_with("https://") || p.endpoint.starts_with("http://")) {
+                return Err(invalid("endpoint", "must be an http(s) URL".into()));
+            }
+            if p.fetch_timeout.is_zero() {
+                return Err(invalid("fetch_timeout", "must be positive".into()));
+            }
+            if p.from.is_empty() {
                 return Err(invalid(
                     "from",
                     "the header or cookie name must not be empty".into(),
@@ -1230,9 +1266,10 @@ impl Config {
             {
                 *file = base.join(&*file);
             }
-            if let TokenLocation::Header { name, .. } = &mut provider.from {
-                *name = name.to_ascii_lowercase();
-            }
+            provider.from.lower_case_header();
+        }
+        for introspector in &mut config.identity.introspection {
+            introspector.from.lower_case_header();
         }
         config.validate()?;
         Ok(config)
@@ -1331,6 +1368,49 @@ mod tests {
             error.contains("test.toml") && error.contains("password"),
             "{error}"
         );
+    }
+
+    /// Introspection entries are checked as JWT providers are: a name
+    /// unique across both, an http(s) endpoint, a timeout, and a header
+    /// name matched in lower case as Envoy sends it.
+    #[test]
+    fn introspection_entries_are_validated_and_their_header_lower_cased() {
+        let entry = |name: &str, extra: &str| {
+            format!(
+                "[[identity.introspection]]\nname = \"{name}\"\nendpoint = \"https://as.test/introspect\"\n\
+                 client_id = \"arbiter\"\nclient_secret_file = \"secret\"\n{extra}"
+            )
+        };
+        let jwt = "[[identity.jwt]]\nname = \"idp\"\nissuer = \"https://idp.test\"\naudiences = [\"api\"]\njwks_uri = \"https://idp.test/keys\"\n";
+        let config = parse(&entry(
+            "as",
+            "from = { header = { name = \"X-Opaque-Token\" } }\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            config.identity.introspection[0].from,
+            TokenLocation::Header {
+                name: "x-opaque-token".into(),
+                prefix: None
+            }
+        );
+        for (text, key) in [
+            (format!("{jwt}{}", entry("idp", "")), "name"),
+            (format!("{}{}", entry("as", ""), entry("as", "")), "name"),
+            (entry("", ""), "name"),
+            (entry("as", "fetch_timeout = \"0s\"\n"), "fetch_timeout"),
+            (entry("as", "from = { header = { name = \"\" } }\n"), "from"),
+            (
+                entry("as", "").replace("https://as.test/introspect", "as.test"),
+                "endpoint",
+            ),
+        ] {
+            let error = parse(&text).unwrap_err().to_string();
+            assert!(
+                error.contains("identity.introspection[") && error.contains(key),
+                "{text}: {error}"
+            );
+        }
     }
 
     #[test]
