@@ -62,11 +62,11 @@ async fn single(
     if let Err(why) = validate(&request) {
         return answer(shared, headers, StatusCode::BAD_REQUEST, &error(&why));
     }
-    let identity = match caller(shared, headers).await {
-        Ok(identity) => identity,
+    let caller = match caller(shared, headers).await {
+        Ok(caller) => caller,
         Err(refused) => return answer(shared, headers, refused.0, &refused.1),
     };
-    let decided = decide(shared, request, &identity, peer).await;
+    let decided = decide(shared, request, &caller, peer).await;
     answer(shared, headers, StatusCode::OK, &decided.answer)
 }
 
@@ -159,13 +159,13 @@ pub async fn evaluations(
         }
         merged.push(evaluation);
     }
-    let identity = match caller(&shared, &headers).await {
-        Ok(identity) => identity,
+    let caller = match caller(&shared, &headers).await {
+        Ok(caller) => caller,
         Err(refused) => return answer(&shared, &headers, refused.0, &refused.1),
     };
     let mut results = Vec::with_capacity(merged.len());
     for evaluation in merged {
-        let decided = decide(&shared, evaluation, &identity, peer).await;
+        let decided = decide(&shared, evaluation, &caller, peer).await;
         results.push(decided.answer);
         if stop_on == Some(decided.decision) {
             break;
@@ -228,9 +228,16 @@ fn validate(request: &Map<String, Json>) -> Result<(), String> {
     Ok(())
 }
 
+/// Who asks: `input.identity`, and `input.identity_error` for an invalid
+/// token that `on_invalid = "pass_to_policy"` hands to the policy.
+struct Caller {
+    identity: Json,
+    error: Option<&'static str>,
+}
+
 /// The caller's verified token as `input.identity`, or the refusal of an
 /// invalid one (401; 503 when its provider's keys cannot be had).
-async fn caller(shared: &Shared, headers: &HeaderMap) -> Result<Json, (StatusCode, Json)> {
+async fn caller(shared: &Shared, headers: &HeaderMap) -> Result<Caller, (StatusCode, Json)> {
     let forwarded: std::collections::BTreeMap<String, String> = headers
         .iter()
         .filter_map(|(name, value)| {
@@ -249,13 +256,21 @@ async fn caller(shared: &Shared, headers: &HeaderMap) -> Result<Json, (StatusCod
             ..Default::default()
         }),
     };
+    let anonymous = |error| Caller {
+        identity: Json::Null,
+        error,
+    };
     match shared.pipeline.authenticate(request).await {
-        Authentication::Anonymous => Ok(Json::Null),
+        Authentication::Anonymous => Ok(anonymous(None)),
         Authentication::Verified(token) => token
             .document()
             .to_json_str()
             .ok()
             .and_then(|text| serde_json::from_str(&text).ok())
+            .map(|identity| Caller {
+                identity,
+                error: None,
+            })
             .ok_or_else(|| {
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -264,8 +279,9 @@ async fn caller(shared: &Shared, headers: &HeaderMap) -> Result<Json, (StatusCod
             }),
         Authentication::Rejected {
             on_invalid: OnInvalidToken::PassToPolicy,
+            error: why,
             ..
-        } => Ok(Json::Null),
+        } => Ok(anonymous(Some(why.label()))),
         Authentication::Rejected { error: why, .. } => {
             let status = match why {
                 crate::identity::TokenError::KeysUnavailable
@@ -290,12 +306,16 @@ struct Decided {
 async fn decide(
     shared: &Shared,
     mut evaluation: Map<String, Json>,
-    identity: &Json,
+    caller: &Caller,
     peer: SocketAddr,
 ) -> Decided {
     let started = std::time::Instant::now();
     let pipeline = &shared.pipeline;
+    let identity = &caller.identity;
     evaluation.insert("identity".into(), identity.clone());
+    if let Some(error) = caller.error {
+        evaluation.insert("identity_error".into(), Json::from(error));
+    }
     let subject = string_at(&evaluation, "subject", "id");
     let action = string_at(&evaluation, "action", "name");
     let resource = format!(

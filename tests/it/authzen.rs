@@ -342,23 +342,21 @@ async fn malformed_requests_are_400_and_the_request_id_is_echoed() {
     todo.running.shutdown().await;
 }
 
-/// The PEP's own token, verified by `[[identity.jwt]]`, is in the input as
-/// `identity`; an invalid one is a 401 and no decision.
-#[tokio::test]
-async fn the_callers_token_is_verified_and_given_to_the_policy() {
+/// The todo example with `policy` as its decision and a PEP token
+/// provider (`pep`, ES256) with `provider_extra` TOML, and a token of it.
+async fn with_pep_provider(
+    policy: &str,
+    provider_extra: &str,
+) -> (Todo, String, tempfile::TempDir) {
     let key = TestKey::generate("pep", jsonwebtoken::Algorithm::ES256).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys.json");
     std::fs::write(&keys, jwks(&[&key]).to_string()).unwrap();
     let policy_dir = dir.path().join("policies");
     std::fs::create_dir(&policy_dir).unwrap();
-    std::fs::write(
-        policy_dir.join("p.rego"),
-        "package authzen.todo\n\ndefault decision := false\n\ndecision := {\"decision\": true, \"context\": {\"pep\": input.identity.subject}} if input.identity.subject == \"todo-app\"\n",
-    )
-    .unwrap();
+    std::fs::write(policy_dir.join("p.rego"), policy).unwrap();
     let extra = format!(
-        "[policy]\npaths = [\"{}\"]\ndecision = \"authzen/todo/decision\"\n[[identity.jwt]]\nname = \"pep\"\nissuer = \"https://idp.test\"\naudiences = [\"pdp\"]\njwks_file = \"{}\"\nalgorithms = [\"ES256\"]\n",
+        "[policy]\npaths = [\"{}\"]\ndecision = \"authzen/todo/decision\"\n[[identity.jwt]]\nname = \"pep\"\nissuer = \"https://idp.test\"\naudiences = [\"pdp\"]\njwks_file = \"{}\"\nalgorithms = [\"ES256\"]\n{provider_extra}",
         policy_dir.display(),
         keys.display()
     );
@@ -370,6 +368,63 @@ async fn the_callers_token_is_verified_and_given_to_the_policy() {
     let token = key
         .sign(&json!({"iss": "https://idp.test", "aud": "pdp", "sub": "todo-app", "iat": now, "exp": now + 300}))
         .unwrap();
+    (todo, token, dir)
+}
+
+/// `token` with its signature's last character changed.
+fn forged(token: &str) -> String {
+    let mut forged = token.to_owned();
+    forged.pop();
+    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    forged
+}
+
+/// With `on_invalid = "pass_to_policy"`, an invalid PEP token is no 401:
+/// the policy sees `identity: null` and the reason in `identity_error`.
+#[tokio::test]
+async fn an_invalid_pep_token_passed_to_the_policy_comes_with_its_error() {
+    let (todo, token, _dir) = with_pep_provider(
+        "package authzen.todo\n\ndecision := {\"decision\": false, \"context\": {\"identity\": input.identity, \"error\": object.get(input, \"identity_error\", \"none\")}}\n",
+        "on_invalid = \"pass_to_policy\"\n",
+    )
+    .await;
+    let request = json!({
+        "subject": {"type": "user", "id": "rick@the-citadel.com"},
+        "action": {"name": "can_read_todos"},
+        "resource": {"type": "todo", "id": "todo-1"},
+    });
+    let ask = |bearer: String| {
+        todo.http
+            .post(todo.url("/access/v1/evaluation"))
+            .header("authorization", format!("Bearer {bearer}"))
+            .body(request.to_string())
+            .send()
+    };
+    let refused = ask(forged(&token)).await.unwrap();
+    assert_eq!(refused.status(), 200);
+    let answer: Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
+    assert_eq!(answer["context"]["identity"], Value::Null, "{answer}");
+    // Which one depends on the character changed (base64's last one).
+    assert!(
+        ["token_invalid_signature", "token_malformed"]
+            .contains(&answer["context"]["error"].as_str().unwrap_or_default()),
+        "{answer}"
+    );
+    let valid: Value =
+        serde_json::from_str(&ask(token).await.unwrap().text().await.unwrap()).unwrap();
+    assert_eq!(valid["context"]["error"], "none", "{valid}");
+    todo.running.shutdown().await;
+}
+
+/// The PEP's own token, verified by `[[identity.jwt]]`, is in the input as
+/// `identity`; an invalid one is a 401 and no decision.
+#[tokio::test]
+async fn the_callers_token_is_verified_and_given_to_the_policy() {
+    let (todo, token, _dir) = with_pep_provider(
+        "package authzen.todo\n\ndefault decision := false\n\ndecision := {\"decision\": true, \"context\": {\"pep\": input.identity.subject}} if input.identity.subject == \"todo-app\"\n",
+        "",
+    )
+    .await;
     let request = json!({
         "subject": {"type": "user", "id": "rick@the-citadel.com"},
         "action": {"name": "can_read_todos"},
@@ -401,10 +456,7 @@ async fn the_callers_token_is_verified_and_given_to_the_policy() {
     let anonymous: Value =
         serde_json::from_str(&ask(None).await.unwrap().text().await.unwrap()).unwrap();
     assert_eq!(anonymous["decision"], false, "{anonymous}");
-    let mut forged = token.clone();
-    forged.pop();
-    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
-    let refused = ask(Some(forged)).await.unwrap();
+    let refused = ask(Some(forged(&token))).await.unwrap();
     assert_eq!(refused.status(), 401);
     todo.running.shutdown().await;
 }
