@@ -359,11 +359,15 @@ async fn forward_auth_from_a_caller_that_is_not_a_trusted_proxy_is_refused() {
 
 #[tokio::test]
 async fn opa_data_api_answers_as_opa_does() {
-    // Decision lines are written only where `tracing` is on, as in `serve`.
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::sink)
-        .with_max_level(tracing::Level::INFO)
-        .try_init();
+    // Decision lines are written only where `tracing` is on, as in `serve`:
+    // on this test's thread only, which runs the server too (a current-thread
+    // runtime), so that other tests see no subscriber they did not set.
+    let _tracing = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(std::io::sink)
+            .with_max_level(tracing::Level::INFO)
+            .finish(),
+    );
     let log_dir = tempfile::tempdir().unwrap();
     let log = log_dir.path().join("decisions.log");
     let arbiter = start(&format!("[log]\ndecision_file = \"{}\"\n", log.display())).await;
