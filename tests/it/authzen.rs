@@ -406,7 +406,7 @@ async fn an_invalid_pep_token_passed_to_the_policy_comes_with_its_error() {
     assert_eq!(answer["context"]["identity"], Value::Null, "{answer}");
     // Which one depends on the character changed (base64's last one).
     assert!(
-        ["token_invalid_signature", "token_malformed"]
+        ["token_signature_invalid", "token_malformed"]
             .contains(&answer["context"]["error"].as_str().unwrap_or_default()),
         "{answer}"
     );
