@@ -106,7 +106,10 @@ impl SsfReceiver {
     /// event it does not know; nothing is applied then.
     pub async fn receive(&self, set: &str) -> Result<Vec<Revoked>, SetError> {
         let claims = self.verify(set).await?;
-        let revoked = events(&claims)?;
+        // Times in a SET are the transmitter's, as a token's `iat` is the
+        // IdP's; only one far ahead of ours (past the leeway) is cut back.
+        let latest = token::now().saturating_add(self.provider.leeway.as_secs());
+        let revoked = events(&claims, latest)?;
         self.revocations.apply_events(&revoked);
         Ok(revoked)
     }
@@ -152,7 +155,18 @@ impl SsfReceiver {
 
 /// The revocations a verified SET asks for: each event must be one this
 /// receiver knows, about a subject it can name.
-fn events(claims: &Map<String, Json>) -> Result<Vec<Revoked>, SetError> {
+/// A NumericDate (RFC 7519): seconds since the epoch, possibly fractional.
+fn numeric_date(value: &Json) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|t| t.is_finite() && *t >= 0.0)
+            // Whole seconds: a fraction changes nothing a token's `iat` can tell.
+            .map(|t| t.floor() as u64)
+    })
+}
+
+fn events(claims: &Map<String, Json>, latest: u64) -> Result<Vec<Revoked>, SetError> {
     let Some(Json::Object(events)) = claims.get("events") else {
         return Err(SetError::InvalidRequest("the SET has no events".into()));
     };
@@ -164,10 +178,8 @@ fn events(claims: &Map<String, Json>) -> Result<Vec<Revoked>, SetError> {
     // revoke tokens issued after the event.
     let issued = claims
         .get("iat")
-        .and_then(Json::as_u64)
-        .ok_or_else(|| SetError::InvalidRequest("the SET has no iat".into()))?;
-    // A time ahead of ours would revoke tokens not yet issued.
-    let now = token::now();
+        .and_then(numeric_date)
+        .ok_or_else(|| SetError::InvalidRequest("the SET has no iat (a NumericDate)".into()))?;
     let mut revoked = Vec::new();
     for (kind, event) in events {
         if kind != SESSION_REVOKED && kind != CREDENTIAL_CHANGE {
@@ -180,11 +192,12 @@ fn events(claims: &Map<String, Json>) -> Result<Vec<Revoked>, SetError> {
             .get("subject")
             .or_else(|| claims.get("sub_id"))
             .ok_or_else(|| SetError::InvalidRequest(format!("{kind}: no subject")))?;
+        // A time far ahead would revoke tokens not yet issued.
         let before = event
             .get("event_timestamp")
-            .and_then(Json::as_u64)
+            .and_then(numeric_date)
             .unwrap_or(issued)
-            .min(now);
+            .min(latest);
         if let Some(sid) = subject.get("sid").and_then(Json::as_str) {
             revoked.push(Revoked::Session(sid.to_owned()));
             continue;
@@ -232,7 +245,7 @@ mod tests {
                 CREDENTIAL_CHANGE: {"subject": {"format": "opaque", "id": "x", "sid": "s-1"}},
             }
         }));
-        let mut got = events(&set).unwrap();
+        let mut got = events(&set, u64::MAX).unwrap();
         got.sort_by_key(|r| format!("{r:?}"));
         assert_eq!(
             got,
@@ -246,39 +259,42 @@ mod tests {
         );
         let unknown =
             claims(serde_json::json!({"iat": 100, "events": {"https://example/other": {}}}));
-        assert!(matches!(events(&unknown), Err(SetError::InvalidRequest(_))));
+        assert!(matches!(
+            events(&unknown, u64::MAX),
+            Err(SetError::InvalidRequest(_))
+        ));
         let nameless = claims(serde_json::json!({
             "iat": 100,
             "events": {SESSION_REVOKED: {"subject": {"format": "phone"}}}
         }));
-        assert!(events(&nameless).is_err());
+        assert!(events(&nameless, u64::MAX).is_err());
     }
 
     /// A SET without `iat` is refused: its events would revoke as of their
-    /// arrival, and a replay would revoke tokens issued since. A time ahead
-    /// of Arbiter's clock revokes only tokens issued until now.
+    /// arrival, and a replay would revoke tokens issued since. A time past
+    /// the latest Arbiter allows (its clock and leeway) is cut back to it;
+    /// a fractional NumericDate counts.
     #[test]
     fn events_revoke_as_of_their_time_never_as_of_arrival_or_later() {
         let alice = serde_json::json!({"subject": {"format": "iss_sub", "iss": "https://idp", "sub": "alice"}});
         let undated = claims(serde_json::json!({"events": {SESSION_REVOKED: alice}}));
-        assert!(matches!(events(&undated), Err(SetError::InvalidRequest(m)) if m.contains("iat")));
-        let ahead = serde_json::json!({
-            "subject": {"format": "iss_sub", "iss": "https://idp", "sub": "alice"},
-            "event_timestamp": token::now() + 3600,
-        });
-        let future = claims(serde_json::json!({"iat": 100, "events": {SESSION_REVOKED: ahead}}));
-        let got = events(&future).unwrap();
         assert!(
-            matches!(got.as_slice(), [Revoked::Subject { before, .. }] if *before <= token::now()),
-            "{got:?}"
+            matches!(events(&undated, u64::MAX), Err(SetError::InvalidRequest(m)) if m.contains("iat"))
         );
-        let dated = claims(serde_json::json!({"iat": 100, "events": {SESSION_REVOKED: alice}}));
-        assert_eq!(
-            events(&dated).unwrap(),
-            [Revoked::Subject {
-                subject: "alice".into(),
-                before: 100
-            }]
-        );
+        let at = |event_timestamp: serde_json::Value| {
+            let event = serde_json::json!({
+                "subject": {"format": "iss_sub", "iss": "https://idp", "sub": "alice"},
+                "event_timestamp": event_timestamp,
+            });
+            let set = claims(serde_json::json!({"iat": 100.5, "events": {SESSION_REVOKED: event}}));
+            match events(&set, 5_000).unwrap().as_slice() {
+                [Revoked::Subject { before, .. }] => Some(*before),
+                _ => None,
+            }
+        };
+        assert_eq!(at(serde_json::json!(4_000)), Some(4_000));
+        assert_eq!(at(serde_json::json!(9_000)), Some(5_000));
+        assert_eq!(at(serde_json::json!(4_000.9)), Some(4_000));
+        assert_eq!(at(serde_json::Value::Null), Some(100), "the SET's iat");
     }
 }

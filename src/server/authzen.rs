@@ -313,6 +313,8 @@ async fn decide(
     let pipeline = &shared.pipeline;
     let identity = &caller.identity;
     evaluation.insert("identity".into(), identity.clone());
+    // Arbiter's alone: a member of that name in the request is dropped.
+    evaluation.remove("identity_error");
     if let Some(error) = caller.error {
         evaluation.insert("identity_error".into(), Json::from(error));
     }

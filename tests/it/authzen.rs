@@ -411,8 +411,20 @@ async fn an_invalid_pep_token_passed_to_the_policy_comes_with_its_error() {
         "{answer}"
     );
     let valid: Value =
-        serde_json::from_str(&ask(token).await.unwrap().text().await.unwrap()).unwrap();
+        serde_json::from_str(&ask(token.clone()).await.unwrap().text().await.unwrap()).unwrap();
     assert_eq!(valid["context"]["error"], "none", "{valid}");
+    // The caller cannot say it itself, in the request or in a batch item.
+    let mut claimed = request.clone();
+    claimed["identity_error"] = json!("token_expired");
+    claimed["evaluations"] = json!([{"identity_error": "token_expired"}]);
+    let (status, answer) = todo.post("/access/v1/evaluations", &claimed).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["evaluations"][0]["context"]["error"], "none",
+        "{answer}"
+    );
+    let (_, answer) = todo.post("/access/v1/evaluation", &claimed).await;
+    assert_eq!(answer["context"]["error"], "none", "{answer}");
     todo.running.shutdown().await;
 }
 
