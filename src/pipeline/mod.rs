@@ -119,9 +119,8 @@ impl Pipeline {
         policies: &PolicySet,
         authentication: Authentication,
     ) -> Authentication {
-        match (&authentication, policies.revocations()) {
-            (Authentication::Verified(token), Some(list)) if list.revokes(token) => {
-                self.authenticator.revocations().count_revoked();
+        match &authentication {
+            Authentication::Verified(token) if self.data_revokes(policies, token) => {
                 Authentication::Rejected {
                     provider: Some(token.provider.clone()),
                     error: crate::identity::TokenError::Revoked,
@@ -140,13 +139,23 @@ impl Pipeline {
         device: crate::identity::DevicePosture,
     ) -> crate::identity::DevicePosture {
         use crate::identity::DevicePosture;
-        match (&device, policies.revocations()) {
-            (DevicePosture::Verified { token, .. }, Some(list)) if list.revokes(token) => {
-                self.authenticator.revocations().count_revoked();
+        match &device {
+            DevicePosture::Verified { token, .. } if self.data_revokes(policies, token) => {
                 DevicePosture::Rejected(crate::identity::TokenError::Revoked)
             }
             _ => device,
         }
+    }
+
+    /// Whether the policy data's revocation list names `token` (counted).
+    fn data_revokes(&self, policies: &PolicySet, token: &crate::identity::VerifiedToken) -> bool {
+        let revoked = policies
+            .revocations()
+            .is_some_and(|list| list.revokes(token));
+        if revoked {
+            self.authenticator.revocations().count_revoked();
+        }
+        revoked
     }
 
     /// The same pipeline with its decision log switched off, for commands
